@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import jax
+from absl import logging
 
 from agemem_jax import sharding as shd
 from agemem_jax.models.gguf_import import GGUFTensors, load_gguf_tokenizer
@@ -98,13 +99,21 @@ def load_checkpoint(
         except (json.JSONDecodeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{config_file}: {type(e).__name__}: {e}") from None
         tensors = CheckpointReader(p)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(p))
+        tokenizer = _folder_tokenizer(p)
     else:
         raise CheckpointError(f"{p}: expected an HF folder or a .gguf file")
     model = load_into_model(cfg, tensors, mesh=mesh, rules=rules)
     return model, tokenizer
+
+
+def _folder_tokenizer(folder: Path):
+    """The folder's tokenizer, or None for a weights-only folder (a reference policy, say)."""
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        logging.warning("%s has no tokenizer files; returning tokenizer=None", folder)
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def save_checkpoint(model: Decoder, tokenizer, out_dir: str | os.PathLike) -> Path:
