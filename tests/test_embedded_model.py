@@ -54,3 +54,22 @@ def test_tokenizer_speaks_chatml(both):
         ref = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
         assert chat.conversation(messages) == list(ref)
     assert tokenizer.convert_ids_to_tokens(chat.stop_ids[0]) == "<|im_end|>"
+
+
+def test_tokenizer_cache_is_faithful(tmp_path, monkeypatch):
+    from agemem_jax.models.gguf_import import load_gguf_tokenizer
+
+    monkeypatch.setenv("AGEMEM_CACHE", str(tmp_path))
+    path = resolve_path("smollm2-135m-instruct")
+    fresh = load_gguf_tokenizer(path, use_cache=False)
+    load_gguf_tokenizer(path)  # builds the cache entry
+    assert list((tmp_path / "tokenizers").iterdir())
+    cached = load_gguf_tokenizer(path)
+    text = 'Hi <think>x</think>\n<tool_call>[{"name": "Add_memory"}]</tool_call> ünï 12345  \n\n'
+    assert fresh.encode(text) == cached.encode(text)
+    assert ChatFormat(fresh).conversation(PROMPTS[1]) == ChatFormat(cached).conversation(PROMPTS[1])
+    assert fresh.get_chat_template() == cached.get_chat_template()
+    # A damaged entry is rebuilt, not trusted.
+    entry = next((tmp_path / "tokenizers").iterdir())
+    (entry / "tokenizer.json").write_text("{broken")
+    assert load_gguf_tokenizer(path).encode(text) == fresh.encode(text)

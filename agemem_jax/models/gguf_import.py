@@ -7,7 +7,10 @@ interleaved; `_unpermute` restores the HF rotate-half layout (Qwen2/Qwen3 files 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +137,34 @@ class GGUFTensors:
         return w
 
 
-def load_gguf_tokenizer(path: str | os.PathLike):
-    """transformers rebuilds a fast tokenizer (and the chat template) from GGUF metadata."""
+def cache_root() -> Path:
+    return Path(os.environ.get("AGEMEM_CACHE", Path.home() / ".cache" / "agemem_jax"))
+
+
+def load_gguf_tokenizer(path: str | os.PathLike, use_cache: bool = True):
+    """transformers rebuilds a fast tokenizer (and the chat template) from GGUF metadata.
+
+    The rebuild takes seconds, so the result is kept as an HF tokenizer folder keyed by the
+    file's identity and reloaded from there; the cache is written atomically (temp dir, rename).
+    """
     from transformers import AutoTokenizer
 
     path = Path(path)
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    cached = cache_root() / "tokenizers" / key[:16]
+    if use_cache and (cached / "tokenizer.json").is_file():
+        try:
+            return AutoTokenizer.from_pretrained(str(cached))
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            shutil.rmtree(cached, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if use_cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cached.parent))
+            tokenizer.save_pretrained(str(tmp))
+            os.replace(tmp, cached)
+        except OSError:  # read-only home or a concurrent writer: the cache is only an optimization
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer

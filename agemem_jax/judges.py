@@ -1,0 +1,567 @@
+"""Judges: scores in [0, 1] for answers, stored memories and retrievals (spec sections 6 and 8).
+
+One interface serves every use of a judge in the method:
+
+- `task`: the agent's answer against the reference answer (J, and R_task);
+- `memory`: the entries left in LTM against the supporting facts (MQ);
+- `storage`: one entry added in stage 1, high quality or not (R_storage counts these);
+- `relevance`: the set of retrieved entries against the query (R_relevance).
+
+Three judges implement it:
+
+- `RuleJudge` (`"rule"`): offline and deterministic, the default on CPU and in tests. The task
+  score is HotpotQA's answer F1 after the official answer normalization; the other three are
+  lexical overlap against the supporting facts **(ours)**: the spec asks an LLM for these.
+- `LocalJudge` (`"local"`): any text generator (e.g. the sampler on a `load_checkpoint` model),
+  prompted with the spec's rubrics written in our own words.
+- `HttpJudge` (`"http"`): any OpenAI-compatible `/chat/completions` endpoint, with timeouts,
+  bounded retries, a concurrency limit and a response cache.
+
+LLM replies are parsed as one number in [0, 1]; an unparseable reply is counted in
+`judge.stats["unparseable"]` and scores 0. Empty inputs (no answer text, no entries, nothing
+retrieved) score 0 without asking any model **(ours)**, so every judge agrees on them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import http.client
+import inspect
+import json
+import os
+import re
+import string
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+KINDS = ("task", "memory", "storage", "relevance")
+
+# A batch of chat prompts (each a list of {"role", "content"} dicts) -> one reply text per prompt.
+GenerateFn = Callable[[list[list[dict[str, str]]]], Sequence[str]]
+
+
+class JudgeError(RuntimeError):
+    """The judge cannot produce scores (endpoint unreachable, bad reply envelope, bad config)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# HotpotQA answer metrics (the official evaluation's normalization, EM and F1).
+
+_PUNCT = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_precision_recall(prediction: str, gold: str) -> tuple[float, float, float]:
+    """HotpotQA token F1. A yes/no/noanswer on either side must match exactly or scores 0."""
+    pred, ref = normalize_answer(prediction), normalize_answer(gold)
+    special = ("yes", "no", "noanswer")
+    if (pred in special or ref in special) and pred != ref:
+        return 0.0, 0.0, 0.0
+    pred_tokens, ref_tokens = pred.split(), ref.split()
+    same = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
+    if same == 0:
+        return 0.0, 0.0, 0.0
+    precision, recall = same / len(pred_tokens), same / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall), precision, recall
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    return f1_precision_recall(prediction, gold)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexical overlap (ours): what the rule judge uses in place of an LLM for MQ/storage/relevance.
+
+# Function words carry no fact; without dropping them every sentence overlaps every other.
+STOPWORDS = frozenset(
+    """i me my we our you your he him his she her it its they them their this that these those
+    is are was were be been being am do does did has have had having will would can could shall
+    should may might must of in on at to for from by with about as into onto over under after
+    before between through during and or but nor so if then than also too very not no yes
+    who whom whose which what when where why how there here such some any all each both more
+    most other just only own same again once""".split()
+)
+
+
+def content_tokens(text: str) -> frozenset[str]:
+    """Distinct normalized tokens of `text`, function words removed."""
+    return frozenset(t for t in normalize_answer(text).split() if t not in STOPWORDS)
+
+
+def _frac(part: frozenset[str], whole: frozenset[str]) -> float:
+    return len(part & whole) / len(part) if part else 0.0
+
+
+def _harmonic(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+def entry_fact_overlap(entry: str, facts: Sequence[str]) -> float:
+    """How well one memory entry holds supporting facts, in [0, 1] **(ours)**.
+
+    Harmonic mean of precision (share of the entry's content tokens that occur in some fact) and
+    recall (the best share of one fact's content tokens found in the entry). A fact stored
+    verbatim scores 1; padding it with unrelated text lowers precision; a distractor scores ~0.
+    """
+    e = content_tokens(entry)
+    fact_sets = [content_tokens(f) for f in facts]
+    union = frozenset().union(*fact_sets) if fact_sets else frozenset()
+    if not e or not union:
+        return 0.0
+    recall = max(_frac(f, e) for f in fact_sets)
+    return _harmonic(_frac(e, union), recall)
+
+
+def lexical_memory_quality(entries: Sequence[str], facts: Sequence[str]) -> float:
+    """MQ by overlap **(ours)**: harmonic mean of coverage and precision.
+
+    coverage = mean over facts of the best share of the fact's content tokens held by one entry;
+    precision = mean over entries of the share of their content tokens found in the facts, so
+    irrelevant entries pull the score down as the spec's MQ rubric asks.
+    """
+    ents = [content_tokens(e) for e in entries]
+    fact_sets = [s for s in (content_tokens(f) for f in facts) if s]
+    ents = [e for e in ents if e]
+    if not ents or not fact_sets:
+        return 0.0
+    union = frozenset().union(*fact_sets)
+    coverage = sum(max(_frac(f, e) for e in ents) for f in fact_sets) / len(fact_sets)
+    precision = sum(_frac(e, union) for e in ents) / len(ents)
+    return _harmonic(coverage, precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# The interface.
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One thing to score. Which fields matter depends on `kind`.
+
+    task: question, answer (reference), prediction.  memory: question, answer, entries (all LTM
+    entries), facts.  storage: question, answer, entries (exactly one entry), facts.
+    relevance: question, entries (the retrieved set), facts.
+    """
+
+    kind: str
+    question: str
+    answer: str = ""
+    prediction: str = ""
+    entries: tuple[str, ...] = ()
+    facts: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"judge request kind {self.kind!r} is not one of {KINDS}")
+        if self.kind == "storage" and len(self.entries) != 1:
+            raise ValueError(f"a storage request scores exactly one entry, got {len(self.entries)}")
+
+
+class Judge:
+    """Scores batches of `JudgeRequest`s; every score is a float in [0, 1]."""
+
+    name = "base"
+
+    def __init__(self):
+        self.stats: Counter[str] = Counter()
+
+    def score(self, requests: Sequence[JudgeRequest]) -> list[float]:
+        raise NotImplementedError
+
+    # Conveniences over `score` for single uses.
+    def task_score(self, question: str, prediction: str, answer: str) -> float:
+        return self.score([JudgeRequest("task", question, answer, prediction)])[0]
+
+    def memory_quality(
+        self, question: str, entries: Sequence[str], facts: Sequence[str], answer: str = ""
+    ) -> float:
+        req = JudgeRequest("memory", question, answer, entries=tuple(entries), facts=tuple(facts))
+        return self.score([req])[0]
+
+    def storage_quality(
+        self, question: str, answer: str, entries: Sequence[str], facts: Sequence[str] = ()
+    ) -> list[float]:
+        """One score per entry (the spec's "high quality or not" is a threshold on it)."""
+        return self.score(
+            [
+                JudgeRequest("storage", question, answer, entries=(e,), facts=tuple(facts))
+                for e in entries
+            ]
+        )
+
+    def relevance(
+        self, question: str, retrieved: Sequence[str], facts: Sequence[str] = (), answer: str = ""
+    ) -> float:
+        req = JudgeRequest(
+            "relevance", question, answer, entries=tuple(retrieved), facts=tuple(facts)
+        )
+        return self.score([req])[0]
+
+
+def _empty(req: JudgeRequest) -> bool:
+    """Inputs every judge scores 0 without looking (see the module docstring)."""
+    if req.kind == "task":
+        return not req.prediction.strip()
+    return not any(e.strip() for e in req.entries)
+
+
+class RuleJudge(Judge):
+    """Offline judge: answer F1 for the task, lexical overlap with supporting facts otherwise.
+
+    Unlike the LLM judges, storage and relevance are scored against the supporting facts rather
+    than against q and A_q **(ours)**: lexical overlap with a short question says little.
+    """
+
+    name = "rule"
+
+    def score(self, requests: Sequence[JudgeRequest]) -> list[float]:
+        out = []
+        for r in requests:
+            self.stats[r.kind] += 1
+            if _empty(r):
+                out.append(0.0)
+            elif r.kind == "task":
+                out.append(f1_score(r.prediction, r.answer))
+            elif r.kind == "memory":
+                out.append(lexical_memory_quality(r.entries, r.facts))
+            elif r.kind == "storage":
+                out.append(entry_fact_overlap(r.entries[0], r.facts))
+            else:
+                scores = [entry_fact_overlap(e, r.facts) for e in r.entries]
+                out.append(sum(scores) / len(scores))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM judges: rubric prompts (our wording of spec sections 6 and 8) and reply parsing.
+
+SYSTEM_PROMPT = (
+    "You grade the work of an AI assistant. Read the rubric and the material, then reply with a "
+    "single number between 0 and 1. Write nothing else: no words, no explanation."
+)
+
+SCALE = """How to score:
+1.0 = fully right, or the same meaning in other words
+0.8-0.9 = right in substance, with small slips
+0.6-0.7 = partly right
+0.4-0.5 = serious mistakes
+0.2-0.3 = mostly wrong
+0.0-0.1 = wrong or unrelated"""
+
+RUBRICS = {
+    "task": (
+        "Does the assistant's answer give the same answer as the reference answer to the "
+        "question? Judge meaning, not wording."
+    ),
+    "memory": (
+        "An assistant kept the memory entries below while reading about a topic. Compare them "
+        "with the facts it was expected to keep. A high score means the entries cover the "
+        "expected facts and hold little else; lower the score for every expected fact that is "
+        "missing and for entries that have nothing to do with the facts."
+    ),
+    "storage": (
+        "An assistant saved the memory entry below before it knew the question. Is it a good "
+        "entry for answering the question? A good entry states a fact that helps reach the "
+        "reference answer, clearly and on its own. Score 1 for a good entry and 0 for an "
+        "irrelevant, vague or garbled one."
+    ),
+    "relevance": (
+        "An assistant searched its memory while answering the question and got the entries "
+        "below. How relevant are they to the question? Score 1 when they hold what is needed "
+        "to answer it and nothing unrelated, and 0 when none of them helps."
+    ),
+}
+
+
+def _bullets(items: Sequence[str]) -> str:
+    return "\n".join(f"- {x}" for x in items) if items else "(none)"
+
+
+def judge_messages(req: JudgeRequest) -> list[dict[str, str]]:
+    """The chat prompt an LLM judge sees for one request."""
+    parts = [RUBRICS[req.kind], SCALE, f"Question: {req.question}"]
+    if req.kind == "task":
+        parts += [f"Reference answer: {req.answer}", f"Assistant's answer: {req.prediction}"]
+    elif req.kind == "memory":
+        parts += [
+            f"Expected facts:\n{_bullets(req.facts)}",
+            f"Stored memory entries:\n{_bullets(req.entries)}",
+        ]
+    elif req.kind == "storage":
+        parts += [f"Reference answer: {req.answer}", f"Memory entry: {req.entries[0]}"]
+    else:
+        parts += [f"Retrieved entries:\n{_bullets(req.entries)}"]
+    parts.append("Score (one number between 0 and 1):")
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": "\n\n".join(parts)},
+    ]
+
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
+_NUMBER = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?|-?\.\d+)(?:\s*(%)|\s*/\s*(\d+(?:\.\d+)?))?")
+
+
+def parse_score(reply: str) -> float | None:
+    """The first number of a reply as a score in [0, 1], or None when there is none.
+
+    Accepts `0.7`, `Score: 1`, `70%` and `7/10`; reasoning inside `<think>` is ignored. A first
+    number outside [0, 1] (e.g. `8` on a 0-10 scale) is unparseable rather than guessed at.
+    """
+    m = _NUMBER.search(_THINK.sub(" ", reply or ""))
+    if m is None:
+        return None
+    value = float(m.group(1))
+    if m.group(2):
+        value /= 100.0
+    elif m.group(3):
+        denom = float(m.group(3))
+        if denom <= 0:
+            return None
+        value /= denom
+    return value if 0.0 <= value <= 1.0 else None
+
+
+class LLMJudge(Judge):
+    """Shared logic of the model-backed judges; subclasses supply `_complete`."""
+
+    def _complete(self, prompts: list[list[dict[str, str]]]) -> list[str]:
+        raise NotImplementedError
+
+    def score(self, requests: Sequence[JudgeRequest]) -> list[float]:
+        out = [0.0] * len(requests)
+        todo = [i for i, r in enumerate(requests) if not _empty(r)]
+        for r in requests:
+            self.stats[r.kind] += 1
+        if not todo:
+            return out
+        replies = self._complete([judge_messages(requests[i]) for i in todo])
+        if len(replies) != len(todo):
+            raise JudgeError(f"{self.name} judge returned {len(replies)} replies for {len(todo)}")
+        self.stats["replies"] += len(replies)
+        for i, reply in zip(todo, replies, strict=True):
+            value = parse_score(reply)
+            if value is None:
+                self.stats["unparseable"] += 1
+                value = 0.0
+            out[i] = value
+        return out
+
+
+class LocalJudge(LLMJudge):
+    """A judge backed by a local text generator.
+
+    `generate` maps a batch of chat prompts to one reply string each; the runner passes the
+    sampler on a `load_checkpoint` model, greedy and with a short token budget. With
+    `batched=False`, `generate` takes one prompt and returns one string.
+    """
+
+    name = "local"
+
+    def __init__(self, generate: Callable, *, batched: bool = True):
+        super().__init__()
+        if not callable(generate):
+            raise JudgeError("the local judge needs a callable `generate` (e.g. the sampler)")
+        self.generate, self.batched = generate, batched
+
+    def _complete(self, prompts):
+        if self.batched:
+            return [str(r) for r in self.generate(prompts)]
+        return [str(self.generate(p)) for p in prompts]
+
+
+class HttpJudge(LLMJudge):
+    """A judge on any OpenAI-compatible chat endpoint (vLLM, SGLang, llama.cpp, hosted APIs).
+
+    POSTs `{base_url}/chat/completions`. The key is read from the environment variable named
+    `api_key_env` (no header when it is unset, as local servers need none). Connection errors,
+    timeouts, HTTP 429 and 5xx are retried `max_retries` times with exponential backoff; other
+    4xx fail at once. The first hard failure marks the endpoint dead: the error is raised once
+    and later calls fail immediately, so an evaluation stops with one message instead of waiting
+    out every remaining request. Requests run on at most `concurrency` threads, and replies are
+    cached by (model, prompt, sampling settings), in memory and, with `cache_path`, in a JSONL
+    file that later runs reuse.
+    """
+
+    name = "http"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        concurrency: int = 4,
+        temperature: float = 0.0,
+        max_tokens: int = 16,
+        cache_path: str | os.PathLike | None = None,
+    ):
+        super().__init__()
+        if not base_url or not model:
+            raise JudgeError("the http judge needs `base_url` and `model`")
+        if timeout <= 0 or max_retries < 0 or concurrency < 1:
+            raise JudgeError("http judge: need timeout > 0, max_retries >= 0, concurrency >= 1")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        # A server on this machine is never reached through a proxy from the environment.
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        local = host == "localhost" or host == "::1" or host.startswith("127.")
+        self._opener = urllib.request.build_opener(
+            *([urllib.request.ProxyHandler({})] if local else [])
+        )
+        self.model, self.api_key_env = model, api_key_env
+        self.timeout, self.max_retries = float(timeout), int(max_retries)
+        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self.concurrency = int(concurrency)
+        self.temperature, self.max_tokens = float(temperature), int(max_tokens)
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._lock = threading.Lock()
+        self._dead: str | None = None
+        self._cache: dict[str, str] = {}
+        self.cache_path = Path(cache_path) if cache_path else None
+        if self.cache_path and self.cache_path.exists():
+            for line in self.cache_path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self._cache[row["key"]] = row["reply"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a torn last line from a killed run: skip it
+
+    def _body(self, messages) -> dict:
+        return {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+
+    def _key(self, messages) -> str:
+        blob = json.dumps(self._body(messages), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _fail(self, message: str) -> JudgeError:
+        with self._lock:
+            if self._dead is None:
+                self._dead = message
+        return JudgeError(self._dead)
+
+    def _post(self, messages) -> str:
+        data = json.dumps(self._body(messages)).encode()
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if self._dead:
+                raise JudgeError(self._dead)
+            if attempt:
+                self.stats["retries"] += 1
+                time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            try:
+                with self._slots, self._opener.open(request, timeout=self.timeout) as resp:
+                    payload = resp.read()
+                self.stats["requests"] += 1
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:200].decode(errors="replace")
+                last = f"HTTP {e.code} {detail!r}"
+                if e.code == 429 or e.code >= 500:
+                    continue
+                raise self._fail(f"judge endpoint {self.url} rejected the request: {last}") from e
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                reason = getattr(e, "reason", e)
+                last = f"{type(reason).__name__}: {reason}"
+                continue
+            try:
+                content = json.loads(payload)["choices"][0]["message"]["content"]
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+                raise self._fail(
+                    f"judge endpoint {self.url} sent no chat completion: {payload[:200]!r}"
+                ) from e
+            return content or ""
+        raise self._fail(
+            f"judge endpoint {self.url} unreachable after {self.max_retries + 1} attempts "
+            f"(timeout {self.timeout:g}s each); last error: {last}"
+        )
+
+    def _complete(self, prompts):
+        if self._dead:
+            raise JudgeError(self._dead)
+        keys = [self._key(p) for p in prompts]
+        missing = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._cache}
+        self.stats["cache_hits"] += len(keys) - len(missing)
+        if missing:
+            pool = cf.ThreadPoolExecutor(max_workers=min(self.concurrency, len(missing)))
+            futures = {pool.submit(self._post, p): k for k, p in missing.items()}
+            try:
+                for fut in cf.as_completed(futures):
+                    self._store(futures[fut], fut.result())
+            finally:
+                # On failure, queued requests are dropped; running ones see `_dead` and stop.
+                pool.shutdown(wait=True, cancel_futures=True)
+        return [self._cache[k] for k in keys]
+
+    def _store(self, key: str, reply: str) -> None:
+        with self._lock:
+            self._cache[key] = reply
+            if self.cache_path:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_path.open("a") as f:
+                    f.write(json.dumps({"key": key, "reply": reply}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_judge(spec: str | Mapping | None = "rule", /, **overrides) -> Judge:
+    """A judge from a name or a config mapping (plain dict or ml_collections ConfigDict).
+
+    `make_judge("rule")`, `make_judge("local", generate=fn)`,
+    `make_judge({"kind": "http", "base_url": ..., "model": ...})`. Keys besides `kind` are the
+    judge's constructor arguments; `overrides` win over the mapping.
+    """
+    if spec is None:
+        spec = "rule"
+    if hasattr(spec, "to_dict"):
+        spec = spec.to_dict()
+    cfg = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    cfg.update(overrides)
+    kind = cfg.pop("kind", "rule")
+    classes = {"rule": RuleJudge, "local": LocalJudge, "http": HttpJudge}
+    if kind not in classes:
+        raise JudgeError(f"unknown judge {kind!r}; choose one of {sorted(classes)}")
+    # One config block may hold every judge's settings; each kind takes its own, and a key that
+    # belongs to none of them is a typo worth an error.
+    own = {k: set(inspect.signature(c.__init__).parameters) - {"self"} for k, c in classes.items()}
+    unknown = set(cfg) - set().union(*own.values())
+    if unknown:
+        raise JudgeError(f"unknown judge settings {sorted(unknown)}")
+    cfg = {k: v for k, v in cfg.items() if k in own[kind] and v is not None}
+    if kind == "local" and "generate" not in cfg:
+        raise JudgeError("the local judge needs generate=<callable>, e.g. the sampler")
+    try:
+        return classes[kind](**cfg)
+    except TypeError as e:
+        raise JudgeError(f"bad settings for the {kind} judge: {e}") from e

@@ -1,0 +1,283 @@
+"""The composite reward of spec section 6, against values computed by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from agemem_jax.judges import Judge, RuleJudge
+from agemem_jax.rewards import (
+    EpisodeFacts,
+    Reward,
+    RewardConfig,
+    compute_reward,
+    compute_rewards,
+    key_items,
+    preserved,
+)
+
+EXACT = 1e-12
+FACTS = ("Alice was born in Paris.", "Paris is the capital of France.")
+# Content tokens of the facts: {alice, born, paris} and {paris, capital, france}.
+
+# A: answered right, compact context, Summary used early, good memory use.
+EPISODE_A = EpisodeFacts(
+    question="Where was Alice born?",
+    gold_answer="Paris",
+    supporting_facts=FACTS,
+    answer="Paris",
+    context_tokens=2048,
+    context_text="[summary] Alice was born in Paris. Question: Where was Alice born?",
+    reduced_before_limit=True,
+    added_entries=FACTS,
+    maintained=False,
+    retrieved=("Alice was born in Paris.",),
+    rounds=10,
+    n_max=20,
+    token_usage=5000,
+)
+# task 1; compression 1 - 2048/8192 = 3/4, preventive 1, preservation 1 ("Alice" kept)
+# -> context 11/12; storage 2/2, maintenance 0, relevance 1 -> memory 2/3; no penalty.
+# total = (1 + 11/12 + 2/3) / 3 = 31/36.
+
+# B: partly right answer, context over budget, key item lost, mixed memory, overflow.
+EPISODE_B = EpisodeFacts(
+    question="Where was Alice born?",
+    gold_answer="Paris",
+    supporting_facts=FACTS,
+    answer="the city of Paris",
+    context_tokens=9000,
+    context_text="[summary] Someone was born in Paris.",
+    reduced_before_limit=False,
+    added_entries=("Alice was born in Paris; she liked cats.", "Bananas are yellow", "Paris"),
+    maintained=True,
+    retrieved=("Bananas are yellow", "Alice born Paris"),
+    rounds=12,
+    n_max=12,
+    token_usage=9000,
+)
+# task: F1("city of paris", "paris") = 2·(1/3)·1 / (4/3) = 1/2.
+# compression max(0, 1 - 9000/8192) = 0, preventive 0, preservation 0 -> context 0.
+# storage: entry scores 3/4 (P 3/5, R 1), 0, and 1/2 (P 1, R 1/3) -> 2 of 3 reach 0.5 -> 2/3;
+# maintenance 1; relevance (0 + 1)/2 = 1/2 -> memory (2/3 + 1 + 1/2)/3 = 13/18.
+# rounds 12 = N_max: no penalty; usage 9000 > 8192: -0.5.
+# total = 1/2·1/3 + 0 + 13/18·1/3 - 1/2 = -5/54.
+
+# C: no answer, too many rounds, nothing stored or retrieved.
+EPISODE_C = EpisodeFacts(
+    question="Which club did Ronald Koeman manage in 2014?",
+    gold_answer="Southampton",
+    supporting_facts=("Ronald Koeman managed Southampton from 2014.",),
+    answer=None,
+    context_tokens=6144,
+    context_text="Ronald Koeman took a new club in 2014, the user said.",
+    reduced_before_limit=True,
+    rounds=31,
+    n_max=30,
+    token_usage=8192,
+)
+# task = P_no_answer = -1; compression 1/4, preventive 1, preservation 1 -> context 3/4;
+# storage 0/max(1, 0) = 0, maintenance 0, relevance 0 -> memory 0;
+# rounds 31 > 30: -1; usage 8192 is not above T_max: 0.
+# total = -1/3 + 1/4 + 0 - 1 = -13/12.
+
+EXPECTED = {
+    "A": dict(
+        total=31 / 36,
+        task=1.0,
+        context=11 / 12,
+        compression=0.75,
+        preventive=1.0,
+        preservation=1.0,
+        memory=2 / 3,
+        storage=1.0,
+        maintenance=0.0,
+        relevance=1.0,
+        penalty=0.0,
+        no_answer=0.0,
+        rounds_penalty=0.0,
+        overflow_penalty=0.0,
+    ),
+    "B": dict(
+        total=-5 / 54,
+        task=0.5,
+        context=0.0,
+        compression=0.0,
+        preventive=0.0,
+        preservation=0.0,
+        memory=13 / 18,
+        storage=2 / 3,
+        maintenance=1.0,
+        relevance=0.5,
+        penalty=-0.5,
+        no_answer=0.0,
+        rounds_penalty=0.0,
+        overflow_penalty=-0.5,
+    ),
+    "C": dict(
+        total=-13 / 12,
+        task=-1.0,
+        context=0.75,
+        compression=0.25,
+        preventive=1.0,
+        preservation=1.0,
+        memory=0.0,
+        storage=0.0,
+        maintenance=0.0,
+        relevance=0.0,
+        penalty=-1.0,
+        no_answer=-1.0,
+        rounds_penalty=-1.0,
+        overflow_penalty=0.0,
+    ),
+}
+
+
+def test_three_hand_computed_episodes_with_the_rule_judge():
+    rewards = compute_rewards([EPISODE_A, EPISODE_B, EPISODE_C], RuleJudge())
+    for name, reward in zip("ABC", rewards, strict=True):
+        got = reward.as_dict()
+        assert set(got) == set(EXPECTED[name])
+        for key, want in EXPECTED[name].items():
+            assert got[key] == pytest.approx(want, abs=EXACT), (name, key)
+
+
+def test_weights_are_configurable():
+    judge = RuleJudge()
+    only = RewardConfig.answer_only()
+    assert (only.w_task, only.w_context, only.w_memory) == (1 / 3, 0.0, 0.0)
+    a, c = compute_rewards([EPISODE_A, EPISODE_C], judge, only)
+    assert a.total == pytest.approx(1 / 3, abs=EXACT)
+    assert c.total == pytest.approx(-1 / 3 - 1, abs=EXACT)  # penalties stay
+    assert a.memory == pytest.approx(2 / 3, abs=EXACT)  # components are still logged
+
+    cfg = {
+        "w_task": 1.0,
+        "w_context": 0.5,
+        "w_memory": 0.25,
+        "alpha_compression": 1.0,
+        "alpha_preventive": 0.0,
+        "alpha_preservation": 0.0,
+        "beta_storage": 0.0,
+        "beta_maintenance": 0.0,
+        "beta_relevance": 1.0,
+        "p_overflow": -2.0,
+        "p_no_answer": -3.0,
+        "p_rounds": -0.25,
+    }
+    a, b, c = compute_rewards([EPISODE_A, EPISODE_B, EPISODE_C], judge, cfg)
+    assert a.total == pytest.approx(1.0 + 0.5 * 0.75 + 0.25 * 1.0, abs=EXACT)
+    assert b.total == pytest.approx(0.5 + 0.0 + 0.25 * 0.5 - 2.0, abs=EXACT)
+    assert c.total == pytest.approx(-3.0 + 0.5 * 0.25 + 0.0 - 0.25, abs=EXACT)
+    assert c.no_answer == -3.0 and b.overflow_penalty == -2.0
+
+    # The storage threshold decides what counts as high quality: B's third entry scores 1/2.
+    strict = compute_reward(EPISODE_B, judge, {"storage_threshold": 0.6})
+    assert strict.storage == pytest.approx(1 / 3, abs=EXACT)
+
+
+def test_config_from_mappings():
+    assert RewardConfig.from_config(None) == RewardConfig()
+    assert RewardConfig().w_task == 1 / 3 and RewardConfig().p_overflow == -0.5
+    with pytest.raises(ValueError, match=r"unknown reward settings \['w_taks'\]"):
+        RewardConfig.from_config({"w_taks": 1.0})
+    ml_collections = pytest.importorskip("ml_collections")
+    cfg = ml_collections.ConfigDict({"w_context": 0.0, "w_memory": 0})
+    assert RewardConfig.from_config(cfg) == RewardConfig.answer_only()
+
+
+class SpyJudge(Judge):
+    """Fixed scores per kind; records each batch it is asked for."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores, self.batches = scores, []
+
+    def score(self, requests):
+        self.batches.append([r.kind for r in requests])
+        return [self.scores[r.kind] for r in requests]
+
+
+def test_one_judge_batch_for_many_episodes():
+    judge = SpyJudge({"task": 0.25, "storage": 0.5, "relevance": 0.75, "memory": 0.0})
+    rewards = compute_rewards([EPISODE_A, EPISODE_B, EPISODE_C], judge)
+    assert judge.batches == [
+        [
+            "task",
+            "storage",
+            "storage",
+            "relevance",
+            "task",
+            "storage",
+            "storage",
+            "storage",
+            "relevance",
+        ]
+    ]
+    assert [r.task for r in rewards] == [0.25, 0.25, -1.0]
+    assert [r.relevance for r in rewards] == [0.75, 0.75, 0.0]
+    assert compute_rewards([], judge) == []
+
+
+def test_bad_judge_scores_and_facts_raise_clearly():
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        compute_reward(EPISODE_A, SpyJudge({"task": 1.5, "storage": 0.0, "relevance": 0.0}))
+    with pytest.raises(TypeError, match="added_entries is a sequence of strings"):
+        dataclasses.replace(EPISODE_A, added_entries="one string")
+    with pytest.raises(ValueError, match="t_max must be positive"):
+        dataclasses.replace(EPISODE_A, t_max=0)
+    with pytest.raises(ValueError, match="rounds must be >= 0"):
+        dataclasses.replace(EPISODE_A, rounds=-1)
+    assert dataclasses.replace(EPISODE_A, added_entries=["x"]).added_entries == ("x",)
+
+
+def test_episode_facts_serialize():
+    row = EPISODE_B.to_json()
+    assert row["answer"] == "the city of Paris" and row["added_entries"][2] == "Paris"
+    assert isinstance(compute_reward(EPISODE_C, RuleJudge()), Reward)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preservation.
+
+
+@pytest.mark.parametrize(
+    ("query", "items"),
+    [
+        ("Where was Alice born?", ["Alice"]),
+        (
+            "Which of Jonny Craig and Pete Doherty has been a member of more bands?",
+            ["Jonny Craig", "Pete Doherty"],
+        ),
+        (
+            "Where was the first governor after the The Missouri Compromise from?",
+            ["Missouri Compromise"],
+        ),
+        (
+            "Who was born on 2 March 1972 in Rosario, Argentina?",
+            ["2 March 1972", "Rosario", "Argentina"],
+        ),
+        (
+            "Which battle was fought on October 28, 1776 near White Plains, New York?",
+            ["October 28, 1776", "White Plains", "New York"],
+        ),
+        (
+            "The trophy of the University of Idaho Vandals dates from 1903.",
+            ["University of Idaho Vandals", "1903"],
+        ),
+        ("the chicken is a dance of what kind?", []),
+    ],
+)
+def test_key_items(query, items):
+    assert key_items(query) == items
+
+
+def test_preservation_directly_or_in_a_summary():
+    q = "Who was born on 2 March 1972 in Rosario, Argentina?"
+    assert preserved(q, "user: Who was born on 2 March 1972 in Rosario, Argentina?") == 1.0
+    summary = "[summary] The user asks about someone from Rosario (Argentina), born 2 March 1972."
+    assert preserved(q, summary) == 1.0
+    assert preserved(q, "[summary] Someone from Rosario, Argentina, born in 1972.") == 0.0
+    assert preserved(q, "Rosarios of Argentina, 2 March 1972") == 0.0  # whole words only
+    assert preserved("what is a dance?", "") == 1.0  # nothing to keep
