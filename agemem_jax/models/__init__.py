@@ -28,6 +28,7 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "load_checkpoint",
+    "load_tokenizer",
     "resolve_path",
     "save_checkpoint",
 ]
@@ -104,6 +105,19 @@ def load_checkpoint(
         raise CheckpointError(f"{p}: expected an HF folder or a .gguf file")
     model = load_into_model(cfg, tensors, mesh=mesh, rules=rules)
     return model, tokenizer
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Only the tokenizer of a checkpoint (cheap: no weights are read)."""
+    p = resolve_path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        return load_gguf_tokenizer(p)
+    if p.is_dir():
+        tokenizer = _folder_tokenizer(p)
+        if tokenizer is None:
+            raise CheckpointError(f"{p}: no tokenizer files")
+        return tokenizer
+    raise CheckpointError(f"{p}: expected an HF folder or a .gguf file")
 
 
 def _folder_tokenizer(folder: Path):

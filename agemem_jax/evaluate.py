@@ -1,0 +1,74 @@
+"""Evaluation: run a policy on episodes, score them, write `metrics.json` and trajectories.
+
+Writes, under `workdir/eval/`:
+  metrics.json        J, MQ, TN, TC (+ per tool), reward and every component, rates;
+  trajectories.jsonl  one readable episode per line (steps, calls, memory, reward).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+from tqdm import tqdm
+
+from agemem_jax import builders
+from agemem_jax.chat import ChatFormat
+from agemem_jax.episodes import Trajectory, score, summarize
+
+
+def load_policy_stack(config):
+    """(policy, chat, summarize, judge_generate) for `config`; loads the model only if used."""
+    needs_model = (
+        config.policy == "model" or config.summarizer == "policy" or config.judge.kind == "local"
+    )
+    if not needs_model:
+        from agemem_jax.models import load_tokenizer
+
+        chat = ChatFormat(load_tokenizer(config.model.checkpoint))
+        return builders.text_policy(config.policy, config), chat, None, None
+    from agemem_jax import rollout
+
+    stack = rollout.ModelStack.from_config(config)
+    policy = (
+        stack.policy if config.policy == "model" else builders.text_policy(config.policy, config)
+    )
+    return policy, stack.chat, stack.complete, stack.complete_batch
+
+
+def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    out_dir = Path(workdir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    policy, chat, complete, judge_generate = load_policy_stack(config)
+    summarize_fn = builders.summarizer(config.summarizer, complete)
+    runner = builders.runner(chat, config, summarize_fn)
+    tasks = builders.tasks(config.data, runner.cfg)
+    judge = builders.judge(config.judge, judge_generate)
+    reward_cfg = builders.reward_config(config.reward)
+    trajectories: list[Trajectory] = []
+    batch = max(1, int(config.eval.batch_tasks))
+    bar = tqdm(total=len(tasks), desc=f"eval {policy.name}", disable=not progress, unit="task")
+    with open(out_dir / "trajectories.jsonl.tmp", "w") as f:
+        for i in range(0, len(tasks), batch):
+            chunk = runner.run(tasks[i : i + batch], policy, group_size=config.eval.group_size)
+            score(chunk, judge, runner.cfg, reward_cfg)
+            for t in chunk:
+                f.write(json.dumps(t.to_json(), ensure_ascii=False) + "\n")
+            trajectories += chunk
+            bar.update(len(tasks[i : i + batch]))
+            bar.set_postfix(J=f"{summarize(trajectories)['judge_score']:.3f}")
+    bar.close()
+    os.replace(out_dir / "trajectories.jsonl.tmp", out_dir / "trajectories.jsonl")
+    metrics = summarize(trajectories, judge.name)
+    metrics |= {"policy": policy.name, "seconds": round(time.time() - t0, 2)}
+    metrics["judge_stats"] = dict(judge.stats)
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out_dir / "metrics.json")
+    logging.info("eval %s: %s", policy.name, json.dumps(metrics))
+    return metrics

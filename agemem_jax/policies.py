@@ -1,0 +1,211 @@
+"""Who acts in an episode: the scripted expert, a random policy, or the model (see `rollout.py`).
+
+The episode runner shows every rollout an `AgentView` per step and gets back one `Action`. The
+view carries what a policy may use: the stage, the injected message, the tool results of the
+turn so far and, for the model, the exact context token ids. The scripted expert also reads the
+task's supporting facts and answer: it is privileged, which is what makes it an expert (its
+trajectories are the cold-start SFT data and the ceiling for the reward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from agemem_jax.data import Task
+from agemem_jax.protocol import format_turn
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentView:
+    """What one rollout's policy sees at one step."""
+
+    rollout: int
+    task: Task
+    stage: int  # 1, 2 or 3
+    turn: int  # index of the turn within its stage
+    turn_step: int  # actions already taken in this turn
+    incoming: str  # the message this turn injected (stage 3: the query)
+    last_turn_of_stage: bool
+    # Entries that retrieval surfaced this turn (introspective or Retrieve_memory), newest last:
+    # dicts with "id", "content", "metadata".
+    retrieved: tuple[dict[str, Any], ...] = ()
+    last_error: str | None = None  # error observation of the previous action, if any
+    prompt_ids: tuple[int, ...] = ()  # the context as the model would see it
+    context_tokens: int = 0
+
+
+@dataclasses.dataclass
+class Action:
+    """One policy step. `token_ids`/`logprobs` are set by the model policy (token-in/token-out)."""
+
+    text: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None  # raw-model log-probs of token_ids (π_old)
+    finish_reason: str = "stop"
+
+
+class Policy(Protocol):
+    name: str
+
+    def act(self, views: Sequence[AgentView]) -> list[Action]: ...
+
+
+def _facts_in(task: Task, text: str) -> list[tuple[str, str]]:
+    return [
+        (title, fact)
+        for fact, title in zip(task.supporting_facts, task.fact_titles, strict=True)
+        if fact and fact in text
+    ]
+
+
+def _first_sentences(text: str, n: int) -> str:
+    parts = text.split(". ")
+    return ". ".join(parts[:n]).strip()
+
+
+class ScriptedPolicy:
+    """A deterministic expert that uses every tool the way the method intends.
+
+    Stage 1: stores each supporting fact it hears as its own entry (Add_memory), and nothing from
+    small talk. Stage 2: filters each distractor out of the context (Filter_context) and
+    summarizes the stage once at its end (Summary_context). Stage 3: retrieves with the query,
+    consolidates entries about the same subject (Update_memory the first, Delete_memory the
+    rest), then answers.
+    """
+
+    name = "scripted"
+
+    def __init__(
+        self,
+        top_k: int = 3,
+        filter_sentences: int = 2,
+        summarize_stage2: bool = True,
+        enabled_tools: Sequence[str] | None = None,
+    ):
+        self.top_k = top_k
+        self.filter_sentences = filter_sentences
+        self.summarize_stage2 = summarize_stage2
+        self.enabled = set(enabled_tools) if enabled_tools is not None else None
+
+    def _ok(self, tool: str) -> bool:
+        return self.enabled is None or tool in self.enabled
+
+    def act(self, views: Sequence[AgentView]) -> list[Action]:
+        return [Action(self._step(v)) for v in views]
+
+    def _step(self, v: AgentView) -> str:
+        if v.stage == 1:
+            return self._stage1(v)
+        if v.stage == 2:
+            return self._stage2(v)
+        return self._stage3(v)
+
+    def _stage1(self, v: AgentView) -> str:
+        facts = _facts_in(v.task, v.incoming)
+        if v.turn_step == 0 and facts and self._ok("Add_memory"):
+            calls = [
+                {
+                    "name": "Add_memory",
+                    "arguments": {
+                        "content": fact,
+                        "metadata": {"title": title, "source": "conversation"},
+                        "memory_type": "fact",
+                    },
+                }
+                for title, fact in facts
+            ]
+            return format_turn(f"This message has {len(calls)} fact(s) worth keeping.", calls)
+        think = "Stored." if facts else "Small talk; nothing to keep."
+        return format_turn(think, answer="Noted.")
+
+    def _stage2(self, v: AgentView) -> str:
+        plan = []
+        if self._ok("Filter_context"):
+            plan.append(("Filter_context", {"criteria": _first_sentences(v.incoming, 2)}))
+        if v.last_turn_of_stage and self.summarize_stage2 and self._ok("Summary_context"):
+            plan.append(("Summary_context", {"span": "all"}))
+        if v.turn_step < len(plan):
+            name, args = plan[v.turn_step]
+            why = {
+                "Filter_context": "This is unrelated to what I stored; drop it from the context.",
+                "Summary_context": "Compress what is left of this conversation.",
+            }[name]
+            return format_turn(why, [{"name": name, "arguments": args}])
+        return format_turn("Nothing here to keep.", answer="Noted.")
+
+    def _stage3(self, v: AgentView) -> str:
+        if v.turn_step == 0 and self._ok("Retrieve_memory"):
+            call = {
+                "name": "Retrieve_memory",
+                "arguments": {"query": v.incoming, "top_k": self.top_k},
+            }
+            return format_turn("Look up what I stored about this question.", [call])
+        if v.turn_step == 1:
+            calls = self._consolidate(v.retrieved)
+            if calls:
+                return format_turn("Two entries describe the same subject; merge them.", calls)
+        return format_turn("The retrieved facts answer the question.", answer=v.task.answer)
+
+    def _consolidate(self, retrieved: Sequence[dict]) -> list[dict]:
+        if not (self._ok("Update_memory") and self._ok("Delete_memory")):
+            return []
+        by_title: dict[str, list[dict]] = {}
+        for entry in retrieved:
+            title = (entry.get("metadata") or {}).get("title")
+            if title is not None and all(e["id"] != entry["id"] for e in by_title.get(title, [])):
+                by_title.setdefault(title, []).append(entry)
+        calls: list[dict] = []
+        for title, entries in by_title.items():
+            if len(entries) < 2:
+                continue
+            keep, *rest = entries
+            merged = " ".join(e["content"] for e in entries)
+            calls.append(
+                {
+                    "name": "Update_memory",
+                    "arguments": {
+                        "memory_id": keep["id"],
+                        "content": merged,
+                        "metadata": {"title": title, "source": "consolidated"},
+                    },
+                }
+            )
+            calls += [
+                {"name": "Delete_memory", "arguments": {"memory_id": e["id"], "confirmation": True}}
+                for e in rest
+            ]
+        return calls
+
+
+JUNK = (
+    "I think the answer is probably somewhere",
+    "<think>hmm",
+    "<tool_call>{not json}</tool_call>",
+    '<think>x</think><tool_call>[{"name": "Forget_everything", "arguments": {}}]</tool_call>',
+    '<think>x</think><tool_call>[{"name": "Add_memory", "arguments": {}}]</tool_call>',
+    "<answer>42</answer> trailing text",
+    "<think>a</think><answer>b</answer><tool_call>[]</tool_call>",
+    "",
+)
+
+
+class RandomPolicy:
+    """Malformed or irrelevant output only: the robustness floor (never a valid answer)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def act(self, views: Sequence[AgentView]) -> list[Action]:
+        out = []
+        for _ in views:
+            text = self.rng.choice(JUNK)
+            if self.rng.random() < 0.5:
+                words = "memory store answer the of tool think json".split()
+                text += " " + " ".join(self.rng.choices(words, k=self.rng.randint(1, 12)))
+            out.append(Action(text))
+        return out
