@@ -1,0 +1,245 @@
+"""Pack step rows into a few fixed-shape micro-batches (host side, numpy).
+
+Every agent step is its own training row: the prompt tokens the policy saw at step t and the
+action tokens it produced (memory tools edit the context, so a trajectory is no single
+sequence). Rows are short and ragged; packing several into one fixed-length row, with segment
+ids that keep them from attending to each other and positions that restart at 0 for each, is
+where update throughput comes from. Row lengths and rows per micro-batch are bucketed to powers
+of two, so an update compiles a handful of programs, not one per batch.
+
+Arrays are aligned with the *prediction* position: at position t the model reads
+`input_ids[t]` and is scored on `targets[t]`. A step row of n tokens therefore occupies n − 1
+positions (its last token is never an input whose prediction matters), and `loss_mask` is 1
+exactly where `targets` is a policy-generated action token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from agemem_jax.rl_loss import config_from
+
+
+@dataclasses.dataclass
+class StepRow:
+    """One experience e_t: prompt (context) tokens, action tokens and what GRPO needs of them.
+
+    `old_logprobs` are the sampler's raw (temperature-1) log-probs of the action tokens, π_old.
+    `action_mask` marks which action tokens the policy generated (default: all); tokens the host
+    forced into the action (e.g. a completed stop sequence) get 0. SFT rows leave
+    `old_logprobs` as None.
+    """
+
+    prompt_ids: Sequence[int]
+    action_ids: Sequence[int]
+    old_logprobs: Sequence[float] | None = None
+    advantage: float = 0.0
+    action_mask: Sequence[bool] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingConfig:
+    """Shapes of the packed micro-batches.
+
+    A micro-batch is `[rows, row_len]` with rows · row_len ≈ `tokens_per_micro` (the memory knob:
+    activations of one forward/backward). `row_len` is the smallest power-of-two multiple of
+    `min_row_len` that holds the longest step row. `row_multiple` is set by the trainer to the
+    number of batch shards so every micro-batch splits evenly across devices.
+    """
+
+    tokens_per_micro: int = 4096
+    min_row_len: int = 128
+    max_row_len: int = 16_384  # T_max 8192 + max response 2048, rounded up to a power of two
+    row_multiple: int = 1
+
+    def __post_init__(self):
+        if min(self.tokens_per_micro, self.min_row_len, self.max_row_len, self.row_multiple) < 1:
+            raise ValueError(f"packing sizes must be >= 1: {self}")
+        if self.max_row_len < self.min_row_len:
+            raise ValueError(f"max_row_len {self.max_row_len} < min_row_len {self.min_row_len}")
+
+    @classmethod
+    def make(cls, cfg: Any = None, **overrides) -> PackingConfig:
+        return config_from(cls, cfg, **overrides)
+
+
+class PackedBatch(NamedTuple):
+    """One micro-batch; every field is `[rows, row_len]`. A pytree, so it goes straight to jit."""
+
+    input_ids: np.ndarray  # int32
+    targets: np.ndarray  # int32, the token predicted at each position
+    positions: np.ndarray  # int32, restart at 0 for every step row
+    segment_ids: np.ndarray  # int32, 1..n per packed row, 0 = padding
+    loss_mask: np.ndarray  # float32, 1 where targets is a policy-generated token
+    old_logp: np.ndarray  # float32, π_old of targets (0 where masked)
+    advantages: np.ndarray  # float32, the step row's advantage on all its positions
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.input_ids.shape
+
+
+@dataclasses.dataclass
+class Packed:
+    """Micro-batches plus where each step row went, for statistics and unpacking."""
+
+    micro_batches: list[PackedBatch]
+    # per input step row: (micro, row, start, n_positions, first_action_position) or None if
+    # the row carried no loss token and was left out
+    locations: list[tuple[int, int, int, int, int] | None]
+    real_tokens: int
+    dropped: int
+
+    @property
+    def padded_tokens(self) -> int:
+        return sum(int(np.prod(mb.shape)) for mb in self.micro_batches)
+
+    @property
+    def padding_waste(self) -> float:
+        """Fraction of computed positions that are padding."""
+        return 1.0 - self.real_tokens / max(self.padded_tokens, 1)
+
+    @property
+    def loss_tokens(self) -> int:
+        return int(sum(mb.loss_mask.sum() for mb in self.micro_batches))
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return [mb.shape for mb in self.micro_batches]
+
+    def action_values(self, per_micro: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+        """Per-position values (e.g. trainer log-probs, one `[rows, row_len]` array per
+        micro-batch) -> one array per input step row, aligned with its action tokens."""
+        out: list[np.ndarray | None] = []
+        for loc in self.locations:
+            if loc is None:
+                out.append(None)
+                continue
+            m, r, start, n, first = loc
+            out.append(np.asarray(per_micro[m])[r, start + first : start + n])
+        return out
+
+
+def _next_bucket(n: int, base: int, cap: int) -> int:
+    size = base
+    while size < n:
+        size *= 2
+    return min(size, cap) if n <= cap else size
+
+
+def _row_arrays(row: StepRow, index: int):
+    prompt = np.asarray(row.prompt_ids, np.int64).reshape(-1)
+    action = np.asarray(row.action_ids, np.int64).reshape(-1)
+    if prompt.size == 0:
+        raise ValueError(f"step row {index}: empty prompt (the first action token needs context)")
+    n_act = action.size
+    mask = np.ones(n_act, np.float32)
+    if row.action_mask is not None:
+        mask = np.asarray(row.action_mask, np.float32).reshape(-1)
+        if mask.size != n_act:
+            raise ValueError(f"step row {index}: action_mask has {mask.size} != {n_act} entries")
+    old = np.zeros(n_act, np.float32)
+    if row.old_logprobs is not None:
+        old = np.asarray(row.old_logprobs, np.float32).reshape(-1)
+        if old.size != n_act:
+            raise ValueError(f"step row {index}: {old.size} old log-probs for {n_act} actions")
+        if not np.all(np.isfinite(old[mask > 0])):
+            raise ValueError(f"step row {index}: non-finite old log-prob on a loss token")
+    if not np.isfinite(row.advantage):
+        raise ValueError(f"step row {index}: advantage {row.advantage} is not finite")
+    return np.concatenate([prompt, action]), mask, old
+
+
+def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) -> Packed:
+    """First-fit-decreasing packing of step rows into bucketed `[rows, row_len]` micro-batches.
+
+    Full micro-batches hold `tokens_per_micro // row_len` rows (rounded to `row_multiple`); the
+    remainder goes into one smaller micro-batch whose row count is the next power-of-two
+    multiple of `row_multiple`. Rows without any loss token are dropped (they add nothing to
+    the numerator or the denominator).
+    """
+    cfg = PackingConfig.make(cfg, **overrides)
+    seqs = []  # (index, tokens, mask, old)
+    locations: list[Any] = [None] * len(rows)
+    dropped = 0
+    for i, row in enumerate(rows):
+        tokens, mask, old = _row_arrays(row, i)
+        if mask.sum() == 0:
+            dropped += 1
+            continue
+        if tokens.size - 1 > cfg.max_row_len:
+            raise ValueError(
+                f"step row {i}: {tokens.size} tokens exceed max_row_len={cfg.max_row_len} + 1"
+            )
+        seqs.append((i, tokens, mask, old))
+    if not seqs:
+        raise ValueError(f"nothing to train: all {len(rows)} step rows have no loss token")
+
+    longest = max(s[1].size - 1 for s in seqs)
+    row_len = _next_bucket(longest, cfg.min_row_len, cfg.max_row_len)
+    # First fit decreasing: long rows first, each into the first packed row with room.
+    order = sorted(range(len(seqs)), key=lambda j: (-seqs[j][1].size, seqs[j][0]))
+    fill: list[int] = []
+    members: list[list[int]] = []
+    for j in order:
+        n = seqs[j][1].size - 1
+        for b, used in enumerate(fill):
+            if used + n <= row_len:
+                fill[b] += n
+                members[b].append(j)
+                break
+        else:
+            fill.append(n)
+            members.append([j])
+
+    mult = cfg.row_multiple
+    full = max(mult, (cfg.tokens_per_micro // row_len) // mult * mult)
+    sizes = [full] * (len(members) // full)
+    rest = len(members) - sum(sizes)
+    if rest:
+        sizes.append(min(_next_bucket(rest, mult, full), full))
+
+    micro_batches = []
+    real = 0
+    packed_row = 0
+    for m, n_rows in enumerate(sizes):
+        shape = (n_rows, row_len)
+        ids, tgt, pos, seg = (np.zeros(shape, np.int32) for _ in range(4))
+        lmask, old_lp, adv = (np.zeros(shape, np.float32) for _ in range(3))
+        for r in range(n_rows):
+            if packed_row >= len(members):
+                break  # padding rows of the last micro-batch
+            start = 0
+            for s, j in enumerate(members[packed_row], start=1):
+                index, tokens, mask, old = seqs[j]
+                n = tokens.size - 1
+                first = tokens.size - mask.size - 1  # position that predicts action token 0
+                sl = slice(start, start + n)
+                ids[r, sl] = tokens[:-1]
+                tgt[r, sl] = tokens[1:]
+                pos[r, sl] = np.arange(n)
+                seg[r, sl] = s
+                lmask[r, start + first : start + n] = mask
+                old_lp[r, start + first : start + n] = old * mask
+                adv[r, sl] = rows[index].advantage
+                locations[index] = (m, r, start, n, first)
+                start += n
+                real += n
+            packed_row += 1
+        micro_batches.append(PackedBatch(ids, tgt, pos, seg, lmask, old_lp, adv))
+    return Packed(micro_batches, locations, real, dropped)
+
+
+def split_minibatches(
+    rows: Sequence[StepRow], num_minibatches: int, rng: np.random.Generator | None = None
+) -> list[list[StepRow]]:
+    """Shuffle (if `rng`) and split step rows into `num_minibatches` near-equal parts, one
+    optimizer update each."""
+    if num_minibatches < 1 or num_minibatches > len(rows):
+        raise ValueError(f"cannot split {len(rows)} step rows into {num_minibatches} minibatches")
+    order = np.arange(len(rows)) if rng is None else rng.permutation(len(rows))
+    return [[rows[i] for i in part] for part in np.array_split(order, num_minibatches)]

@@ -1,0 +1,386 @@
+"""The sharded GRPO (and SFT) update on packed step rows.
+
+One optimizer update = one minibatch of step rows, packed into a few fixed-shape micro-batches.
+For each micro-batch a jitted program computes the gradient of the loss *numerator* and adds
+it, with the denominator and the metric sums, into a donated accumulator; a second jitted
+program divides by the total denominator and applies AdamW. Both have explicit in/out shardings
+from the logical rule table, so the same code runs on 1 CPU device or a ('data','fsdp','tensor')
+mesh of any size.
+
+Per-token log-probs come from the decoder's hidden states and `Decoder.logits` applied chunk by
+chunk along the sequence under `jax.checkpoint`: only one `[rows, chunk, vocab]` block of f32
+logits is alive at a time, forward or backward (Qwen's vocabulary is 151,936).
+
+    trainer = Trainer(model, loss=cfg.loss, optim=cfg.optim, packing=cfg.packing, mesh=mesh)
+    metrics = trainer.step(step_rows)        # GRPO: epochs x minibatches of updates
+    metrics = trainer.sft_step(step_rows)    # cold-start cross-entropy, same packed path
+    policy = trainer.model                   # current params as a Decoder, for the sampler
+
+Updates donate the parameter buffers: take `trainer.model` afresh after each update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from agemem_jax import rl_loss
+from agemem_jax import sharding as shd
+from agemem_jax.models.qwen.model import Decoder
+from agemem_jax.optim import OptimConfig, make_optimizer
+from agemem_jax.packing import Packed, PackedBatch, PackingConfig, StepRow, pack, split_minibatches
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+    epochs: int = 1  # optimizer passes over each rollout batch
+    num_minibatches: int = 1  # optimizer updates per epoch
+    logprob_chunk: int = 256  # sequence positions per block of logits
+    shuffle_seed: int = 0  # minibatch split; derived per update so resuming is exact
+    sft_aggregation: str = "token_mean"
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.num_minibatches < 1 or self.logprob_chunk < 1:
+            raise ValueError(f"epochs, num_minibatches and logprob_chunk must be >= 1: {self}")
+        if self.sft_aggregation not in rl_loss.AGGREGATIONS:
+            raise ValueError(f"sft_aggregation must be one of {rl_loss.AGGREGATIONS}")
+
+    @classmethod
+    def make(cls, cfg: Any = None, **overrides) -> UpdateConfig:
+        return rl_loss.config_from(cls, cfg, **overrides)
+
+
+# ------------------------------------------------------------------ log-probs
+def chunked_logprobs(
+    model: Decoder, hidden: Array, targets: Array, chunk: int
+) -> tuple[Array, Array]:
+    """log π(targets) and the entropy of π at every position, `[B, T]` each, in f32.
+
+    The sequence is cut into blocks of `gcd(T, chunk)` positions; each block's logits are
+    recomputed in the backward pass instead of stored, so peak memory is one block.
+    """
+    b, t, h = hidden.shape
+    c = math.gcd(t, chunk)
+    hs = hidden.reshape(b, t // c, c, h).swapaxes(0, 1)
+    ts = targets.reshape(b, t // c, c).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def block(args):
+        h_blk, t_blk = args
+        logits = model.logits(h_blk).astype(jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, t_blk[..., None], axis=-1)[..., 0]
+        probs = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
+        entropy = jax.lax.stop_gradient(lse - jnp.sum(probs * logits, axis=-1))
+        return picked - lse, entropy
+
+    logp, entropy = jax.lax.map(block, (hs, ts))
+    return logp.swapaxes(0, 1).reshape(b, t), entropy.swapaxes(0, 1).reshape(b, t)
+
+
+def packed_logprobs(model: Decoder, batch: PackedBatch, chunk: int) -> tuple[Array, Array]:
+    """Per-position log-probs of `batch.targets` with segments isolated and positions reset."""
+    seg = batch.segment_ids
+    hidden = model.hidden_states(
+        batch.input_ids, seg > 0, positions=batch.positions, segment_ids=seg
+    )
+    return chunked_logprobs(model, hidden, batch.targets, chunk)
+
+
+# ------------------------------------------------------------------ trainer
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+class Trainer:
+    """Holds params, the frozen reference, the optimizer state and the compiled update programs.
+
+    `model` is split once; the reference policy is a copy of its parameters at construction
+    (the spec's frozen initial policy), skipped when β = 0. `mesh` is a Mesh, a mesh shape for
+    `sharding.make_mesh`, or None (all devices on 'fsdp').
+    """
+
+    def __init__(
+        self,
+        model: Decoder,
+        *,
+        loss: Any = None,
+        optim: Any = None,
+        packing: Any = None,
+        update: Any = None,
+        mesh: Mesh | Sequence[int] | None = None,
+        rules: shd.Rules | str = "train",
+    ):
+        self.loss_cfg = rl_loss.LossConfig.make(loss)
+        self.optim_cfg = OptimConfig.make(optim)
+        self.update_cfg = UpdateConfig.make(update)
+        if mesh is None or not isinstance(mesh, Mesh):
+            mesh = shd.make_mesh((1, -1, 1) if mesh is None else tuple(mesh))
+        self.mesh = mesh
+        self.rules = shd.rules_from(rules)
+        batch_shards = math.prod(
+            mesh.shape[a] for a in _batch_mesh_axes(self.rules) if a in mesh.shape
+        )
+        self.packing_cfg = PackingConfig.make(packing)
+        if self.packing_cfg.row_multiple % batch_shards:
+            self.packing_cfg = dataclasses.replace(
+                self.packing_cfg, row_multiple=math.lcm(self.packing_cfg.row_multiple, batch_shards)
+            )
+
+        self.graphdef, params = nnx.split(model)
+        self.param_shardings = shd.state_shardings(params, mesh, self.rules)
+        self.params = jax.device_put(params, self.param_shardings)
+        copy = jax.jit(
+            lambda p: jax.tree.map(jnp.copy, p),
+            in_shardings=(self.param_shardings,),
+            out_shardings=self.param_shardings,
+        )
+        self.ref_params = copy(self.params) if self.loss_cfg.kl_beta > 0 else None
+
+        self.tx, self.schedule = make_optimizer(self.optim_cfg)
+        rep = _replicated(mesh)
+        self.opt_shardings = optax.tree_map_params(
+            self.tx,
+            lambda _, s: s,
+            jax.eval_shape(self.tx.init, self.params),
+            self.param_shardings,
+            transform_non_params=lambda _: rep,
+        )
+        self.opt_state = jax.jit(
+            self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings
+        )(self.params)
+        self.num_updates = 0
+        self._batch_sharding = shd.batch_sharding(mesh, self.rules, 2)
+        self._batch_shardings = PackedBatch(*[self._batch_sharding] * len(PackedBatch._fields))
+        self._programs: dict[str, Any] = {}
+
+    # ------------------------------------------------------------- public API
+    @property
+    def model(self) -> Decoder:
+        """The current policy as a Decoder sharing the trainer's parameter buffers."""
+        return nnx.merge(self.graphdef, self.params)
+
+    def step(self, rows: Sequence[StepRow]) -> dict[str, float]:
+        """GRPO on one rollout batch: `epochs` passes, each split into `num_minibatches`
+        optimizer updates. π_old is the sampler's log-probs stored in the rows."""
+        return self._run(rows, "rl")
+
+    def sft_step(self, rows: Sequence[StepRow]) -> dict[str, float]:
+        """Supervised cross-entropy on the rows' masked action tokens (cold start). A trainer
+        used only for SFT should be built with `loss=dict(kl_beta=0)`: no reference copy."""
+        return self._run(rows, "sft")
+
+    def update_packed(self, packed: Packed, kind: str = "rl") -> dict[str, Array]:
+        """One optimizer update on already-packed micro-batches; returns device metrics."""
+        acc = self._accumulate(packed, kind)
+        apply = self._program("apply")
+        self.params, self.opt_state, out = apply(self.params, self.opt_state, acc)
+        out["lr"] = self.schedule(self.num_updates)
+        self.num_updates += 1
+        return out
+
+    def gradients(self, packed: Packed, kind: str = "rl") -> tuple[Any, float]:
+        """(∇loss, loss) of one minibatch without updating anything: for checks and probes."""
+        acc = self._accumulate(packed, kind)
+        grads = jax.tree.map(lambda g: g / acc["den"], acc["grads"])
+        return grads, float(acc["num"] / acc["den"])
+
+    def logprobs(self, packed: Packed, *, reference: bool = False) -> list[np.ndarray]:
+        """Per-position log-probs of every micro-batch's targets under the current (or the
+        reference) policy; `packed.action_values` maps them back to step rows."""
+        params = self.ref_params if reference else self.params
+        if params is None:
+            raise ValueError("no reference params: the trainer was built with kl_beta = 0")
+        fn = self._program("logprobs")
+        return [np.asarray(fn(params, self._put(mb))) for mb in packed.micro_batches]
+
+    # ------------------------------------------------------------- internals
+    def _run(self, rows: Sequence[StepRow], kind: str) -> dict[str, float]:
+        if not rows:
+            raise ValueError("no step rows to train on")
+        cfg = self.update_cfg
+        t0 = time.perf_counter()
+        outs, real, padded, trained, shapes = [], 0, 0, 0, set()
+        for _ in range(cfg.epochs):
+            rng = np.random.default_rng([cfg.shuffle_seed, self.num_updates])
+            for part in split_minibatches(rows, cfg.num_minibatches, rng):
+                packed = pack(part, self.packing_cfg)
+                real, padded = real + packed.real_tokens, padded + packed.padded_tokens
+                trained += packed.loss_tokens
+                shapes.update(packed.shapes)
+                outs.append(self.update_packed(packed, kind))
+        outs = jax.device_get(outs)
+        metrics = _merge_update_metrics(outs)
+        metrics.update(
+            optimizer_updates=len(outs),
+            trained_tokens=trained,
+            packed_positions=padded,
+            padding_waste=1.0 - real / max(padded, 1),
+            micro_batch_shapes=len(shapes),
+            update_seconds=time.perf_counter() - t0,
+        )
+        return metrics
+
+    def _accumulate(self, packed: Packed, kind: str) -> dict[str, Any]:
+        if kind not in ("rl", "sft"):
+            raise ValueError(f"kind={kind!r}; choose 'rl' or 'sft'")
+        micro = self._program(f"{kind}_micro")
+        acc = self._program(f"{kind}_zero")()
+        for mb in packed.micro_batches:
+            acc = micro(self.params, self.ref_params, acc, self._put(mb))
+        return acc
+
+    def _put(self, mb: PackedBatch) -> PackedBatch:
+        return jax.device_put(mb, self._batch_shardings)
+
+    def _program(self, name: str):
+        if name not in self._programs:
+            self._programs[name] = self._build(name)
+        return self._programs[name]
+
+    def _loss(self, kind: str, logp, entropy, batch: PackedBatch, ref_logp):
+        """(numerator, denominator, stat sums) of one micro-batch for `kind` ('rl' or 'sft')."""
+        if kind == "rl":
+            return rl_loss.grpo_loss(
+                logp,
+                batch.old_logp,
+                ref_logp,
+                batch.advantages,
+                batch.loss_mask,
+                batch.segment_ids,
+                self.loss_cfg,
+                entropy,
+            )
+        return rl_loss.sft_loss(
+            logp,
+            batch.loss_mask,
+            batch.segment_ids,
+            self.update_cfg.sft_aggregation,
+            self.loss_cfg.token_sum_norm,
+            entropy,
+        )
+
+    def _build(self, name: str):
+        """Compile one program: 'logprobs', '{rl,sft}_zero', '{rl,sft}_micro' or 'apply'."""
+        graphdef, chunk, rep = self.graphdef, self.update_cfg.logprob_chunk, _replicated(self.mesh)
+        p_sh, b_sh = self.param_shardings, self._batch_shardings
+
+        def logprobs(params, batch):
+            return packed_logprobs(nnx.merge(graphdef, params), batch, chunk)
+
+        if name == "logprobs":
+            return jax.jit(
+                lambda p, b: logprobs(p, b)[0], in_shardings=(p_sh, b_sh), out_shardings=b_sh[0]
+            )
+        if name == "apply":
+            return self._build_apply()
+
+        kind, _, what = name.partition("_")
+        # Which stat sums this loss logs, from an abstract call on a 1x1 batch.
+        dummy = PackedBatch(*[jax.ShapeDtypeStruct((1, 1), jnp.float32)] * len(PackedBatch._fields))
+        dummy = dummy._replace(segment_ids=jax.ShapeDtypeStruct((1, 1), jnp.int32))
+        _, _, stat_shapes = jax.eval_shape(
+            lambda b: self._loss(kind, b.old_logp, b.old_logp, b, b.old_logp), dummy
+        )
+        acc_sh = {"grads": p_sh, "num": rep, "den": rep, "stats": dict.fromkeys(stat_shapes, rep)}
+
+        if what == "zero":
+
+            def zero():
+                z = jnp.zeros((), jnp.float32)
+                grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), self.params)
+                return {"grads": grads, "num": z, "den": z, "stats": dict.fromkeys(stat_shapes, z)}
+
+            return jax.jit(zero, out_shardings=acc_sh)
+
+        def micro(params, ref_params, acc, batch):
+            ref_logp = None
+            if kind == "rl" and ref_params is not None:
+                ref_logp = jax.lax.stop_gradient(logprobs(ref_params, batch)[0])
+
+            def numerator(p):
+                logp, entropy = logprobs(p, batch)
+                num, den, stats = self._loss(kind, logp, entropy, batch, ref_logp)
+                return num, (den, stats)
+
+            (num, (den, stats)), grads = jax.value_and_grad(numerator, has_aux=True)(params)
+            return {
+                "grads": jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc["grads"], grads),
+                "num": acc["num"] + num,
+                "den": acc["den"] + den,
+                "stats": {k: acc["stats"][k] + v for k, v in stats.items()},
+            }
+
+        ref_sh = p_sh if self.ref_params is not None else None
+        return jax.jit(
+            micro,
+            in_shardings=(p_sh, ref_sh, acc_sh, b_sh),
+            out_shardings=acc_sh,
+            donate_argnums=(2,),
+        )
+
+    def _build_apply(self):
+        tx, p_sh, o_sh, rep = (
+            self.tx,
+            self.param_shardings,
+            self.opt_shardings,
+            _replicated(self.mesh),
+        )
+
+        def apply(params, opt_state, acc):
+            # The denominator is parameter-free, so Σ∇num / Σden is the exact gradient of the
+            # whole minibatch's loss however it was split into micro-batches.
+            den = acc["den"]
+            grads = jax.tree.map(lambda g, p: (g / den).astype(p.dtype), acc["grads"], params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            out = {"loss": acc["num"] / den, "grad_norm": optax.global_norm(grads)}
+            out.update(acc["stats"])
+            return params, opt_state, out
+
+        return jax.jit(
+            apply,
+            in_shardings=(p_sh, o_sh, None),
+            out_shardings=(p_sh, o_sh, rep),
+            donate_argnums=(0, 1),
+        )
+
+
+def _batch_mesh_axes(rules: shd.Rules) -> tuple[str, ...]:
+    target = dict(rules).get("batch")
+    if target is None:
+        return ()
+    return (target,) if isinstance(target, str) else tuple(target)
+
+
+def _merge_update_metrics(outs: list[dict[str, Any]]) -> dict[str, float]:
+    """Per-update device metrics -> one dict for the rollout batch.
+
+    Loss-like values are averaged over updates. The sampler/trainer log-prob gap is taken from
+    the first update only: that one runs at π_old's parameters, so its gap is pure numerics.
+    """
+    per_update = []
+    for out in outs:
+        stats = {k: v for k, v in out.items() if k.endswith("_sum") or k == "tokens"}
+        m = rl_loss.finalize_stats(stats)
+        m.update(loss=float(out["loss"]), grad_norm=float(out["grad_norm"]), lr=float(out["lr"]))
+        per_update.append(m)
+    merged = {k: float(np.mean([m[k] for m in per_update])) for k in per_update[0]}
+    for k in ("logprob_gap", "logprob_abs_gap"):
+        if k in per_update[0]:
+            merged[k] = per_update[0][k]
+    merged["lr"] = per_update[-1]["lr"]
+    merged.pop("tokens", None)
+    return merged

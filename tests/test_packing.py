@@ -1,0 +1,139 @@
+"""Packing step rows: every token lands where the loss expects it, shapes stay bucketed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agemem_jax.packing import PackingConfig, StepRow, pack, split_minibatches
+
+
+def random_rows(rng, n, max_prompt=60, max_action=20, masked_frac=0.2):
+    rows = []
+    for _ in range(n):
+        p, a = int(rng.integers(1, max_prompt)), int(rng.integers(1, max_action))
+        rows.append(
+            StepRow(
+                prompt_ids=rng.integers(0, 1000, p).tolist(),
+                action_ids=rng.integers(0, 1000, a).tolist(),
+                old_logprobs=(-rng.random(a) * 5).tolist(),
+                advantage=float(rng.normal()),
+                action_mask=(rng.random(a) >= masked_frac).tolist(),
+            )
+        )
+    return rows
+
+
+def check_layout(rows, packed, cfg):
+    """Reconstruct every step row from the packed arrays and check each field."""
+    seen, segs = set(), {}
+    for row, loc in zip(rows, packed.locations, strict=True):
+        mask = np.asarray(row.action_mask, np.float32)
+        if mask.sum() == 0:
+            assert loc is None
+            continue
+        m, r, start, n, first = loc
+        assert (m, r, start) not in seen
+        seen.add((m, r, start))
+        mb = packed.micro_batches[m]
+        tokens = np.asarray([*row.prompt_ids, *row.action_ids])
+        sl = slice(start, start + n)
+        assert n == len(tokens) - 1 and first == len(row.prompt_ids) - 1
+        np.testing.assert_array_equal(mb.input_ids[r, sl], tokens[:-1])
+        np.testing.assert_array_equal(mb.targets[r, sl], tokens[1:])
+        np.testing.assert_array_equal(mb.positions[r, sl], np.arange(n))  # reset per step row
+        seg = mb.segment_ids[r, sl]
+        assert seg[0] > 0 and np.all(seg == seg[0])
+        assert seg[0] not in segs.setdefault((m, r), set())  # no two step rows share a segment
+        segs[(m, r)].add(seg[0])
+        # Only policy tokens carry loss: nothing on the prompt, the action's own mask after.
+        np.testing.assert_array_equal(mb.loss_mask[r, sl][:first], 0)
+        np.testing.assert_array_equal(mb.loss_mask[r, sl][first:], mask)
+        np.testing.assert_allclose(
+            mb.old_logp[r, sl][first:], np.asarray(row.old_logprobs, np.float32) * mask
+        )
+        np.testing.assert_array_equal(mb.advantages[r, sl], np.float32(row.advantage))
+    for mb in packed.micro_batches:
+        rows_, length = mb.shape
+        assert rows_ % cfg.row_multiple == 0
+        assert length >= cfg.min_row_len and (length // cfg.min_row_len).bit_count() == 1
+        # Padding is token 0 with segment 0 and carries no loss.
+        assert np.all(mb.loss_mask[mb.segment_ids == 0] == 0)
+        assert np.all(mb.input_ids[mb.segment_ids == 0] == 0)
+    n_masked = sum(float(np.sum(r.action_mask)) for r in rows)
+    assert packed.loss_tokens == n_masked
+    real = sum(len(r.prompt_ids) + len(r.action_ids) - 1 for r in rows if any(r.action_mask))
+    assert packed.real_tokens == real
+    assert packed.padding_waste == pytest.approx(1 - real / packed.padded_tokens)
+
+
+def test_pack_layout_and_bucketed_shapes():
+    rng = np.random.default_rng(0)
+    rows = random_rows(rng, 60)
+    rows[3].action_mask = [False] * len(rows[3].action_ids)  # no loss token: dropped
+    cfg = PackingConfig(tokens_per_micro=512, min_row_len=32, row_multiple=2)
+    packed = pack(rows, cfg)
+    check_layout(rows, packed, cfg)
+    assert packed.dropped == sum(not any(r.action_mask) for r in rows) >= 1
+    assert len(set(packed.shapes)) <= 2  # full micro-batches plus one smaller remainder
+    full = packed.shapes[0]
+    assert full[0] * full[1] <= cfg.tokens_per_micro
+    assert packed.padding_waste < 0.25, packed.padding_waste  # short rows share packed rows
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    seed=st.integers(0, 10_000),
+    mult=st.sampled_from([1, 2, 4, 8]),
+    budget=st.sampled_from([64, 256, 1000]),
+)
+def test_pack_invariants_hold_for_any_mix(n, seed, mult, budget):
+    rng = np.random.default_rng(seed)
+    rows = random_rows(rng, n, masked_frac=0.0)
+    cfg = PackingConfig(tokens_per_micro=budget, min_row_len=16, row_multiple=mult)
+    packed = pack(rows, cfg)
+    check_layout(rows, packed, cfg)
+    # Values placed per position come back per step row, aligned with its actions.
+    back = packed.action_values([mb.old_logp for mb in packed.micro_batches])
+    for row, vals in zip(rows, back, strict=True):
+        np.testing.assert_allclose(vals, np.asarray(row.old_logprobs, np.float32))
+
+
+def test_row_length_bucket_follows_longest_row():
+    rows = [StepRow([1] * 200, [2, 3], [-1.0, -1.0], 1.0), StepRow([1] * 5, [2], [-1.0], 1.0)]
+    packed = pack(rows, min_row_len=128)
+    # One packed row (the short step row shares it), so the micro-batch is 1 x 256, not the
+    # full 16 x 256 that the default 4096 tokens per micro-batch would allow.
+    assert packed.shapes == [(1, 256)]
+    assert {loc[1] for loc in packed.locations} == {0}
+
+
+def test_pack_errors_are_clear():
+    ok = StepRow([1, 2], [3], [-1.0], 1.0)
+    with pytest.raises(ValueError, match="empty prompt"):
+        pack([StepRow([], [3], [-1.0], 1.0)])
+    with pytest.raises(ValueError, match="old log-probs"):
+        pack([StepRow([1], [3, 4], [-1.0], 1.0)])
+    with pytest.raises(ValueError, match="action_mask"):
+        pack([StepRow([1], [3, 4], [-1.0, -1.0], 1.0, action_mask=[1])])
+    with pytest.raises(ValueError, match="max_row_len"):
+        pack([ok, StepRow([1] * 300, [3], [-1.0], 1.0)], max_row_len=256, min_row_len=128)
+    with pytest.raises(ValueError, match="no loss token"):
+        pack([StepRow([1], [3], [-1.0], 1.0, action_mask=[0])])
+    with pytest.raises(ValueError, match="not finite"):
+        pack([StepRow([1], [3], [-1.0], float("nan"))])
+    with pytest.raises(ValueError, match="unknown option"):
+        pack([ok], {"tokens_per_batch": 4})
+
+
+def test_split_minibatches_partitions_rows():
+    rows = random_rows(np.random.default_rng(1), 10)
+    parts = split_minibatches(rows, 3, np.random.default_rng(0))
+    assert [len(p) for p in parts] == [4, 3, 3]
+    assert sorted(id(r) for p in parts for r in p) == sorted(id(r) for r in rows)
+    assert split_minibatches(rows, 1)[0] == rows
+    with pytest.raises(ValueError, match="cannot split"):
+        split_minibatches(rows, 11)
