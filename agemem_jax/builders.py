@@ -96,3 +96,35 @@ def judge(cfg: Mapping, generate: Callable | None = None) -> Judge:
             raise ValueError("judge.kind='local' needs a model; the experiment passes the sampler")
         d["generate"] = generate
     return make_judge(d)
+
+
+def model(model_cfg: Mapping, seed: int = 0):
+    """(model, tokenizer): a checkpoint, or a random decoder of `model_cfg.random` shape (tests).
+
+    A random model takes its vocabulary from `model_cfg.tokenizer`, so it speaks ChatML and the
+    protocol's tags are real tokens even though it knows nothing.
+    """
+    from flax import nnx
+
+    from agemem_jax.models import Decoder, ModelConfig, load_checkpoint, load_tokenizer
+
+    m = as_dict(model_cfg)
+    layout = dict(
+        param_dtype=m.get("param_dtype") or None,
+        scan_layers=m.get("scan_layers", False),
+        remat_policy=m.get("remat_policy", "none"),
+    )
+    if not m.get("random"):
+        return load_checkpoint(m["checkpoint"], m.get("dtype", "float32"), **layout)
+    tokenizer = load_tokenizer(m.get("tokenizer") or m["checkpoint"])
+    shape = dict(m["random"])
+    shape["vocab_size"] = shape.get("vocab_size") or len(tokenizer)
+    shape.setdefault("eos_token_id", tokenizer.eos_token_id)
+    cfg = ModelConfig(
+        dtype=m.get("dtype", "float32"),
+        param_dtype=layout["param_dtype"] or m.get("dtype", "float32"),
+        scan_layers=layout["scan_layers"],
+        remat_policy=layout["remat_policy"],
+        **shape,
+    )
+    return Decoder(cfg, rngs=nnx.Rngs(seed)), tokenizer

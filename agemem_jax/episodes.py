@@ -207,8 +207,9 @@ def _hits(result: dict[str, Any]) -> list[dict[str, Any]]:
 class _Rollout:
     """Mutable state of one rollout while its episode runs."""
 
-    def __init__(self, traj: Trajectory):
+    def __init__(self, traj: Trajectory, row: int):
         self.traj = traj
+        self.row = row
         self.env = traj.env
         self.open = False
         self.turn_step = 0
@@ -235,15 +236,20 @@ class EpisodeRunner:
         self.stop_id = stop_id
 
     # ------------------------------------------------------------------------------ running
-    def run(self, tasks: Sequence[Task], policy: Policy, group_size: int = 1) -> list[Trajectory]:
+    def run(
+        self, tasks: Sequence[Task], policy: Policy, group_size: int = 1, seed: int = 0
+    ) -> list[Trajectory]:
+        """Episodes of `tasks` x `group_size` rollouts; `seed` reaches the policy's sampler."""
         cfg = self.cfg
         rollouts: list[_Rollout] = []
         for task in tasks:
             base = self.make_env()
             for k in range(group_size):
                 env = base.fork() if k else base
-                rollouts.append(_Rollout(Trajectory(task, k, env)))
+                rollouts.append(_Rollout(Trajectory(task, k, env), len(rollouts)))
 
+        if hasattr(policy, "begin"):
+            policy.begin(len(rollouts), seed)
         system = rollouts[0].env.system_prompt(cfg.instructions) if rollouts else ""
         # Stage 1: LTM construction with introspective retrieval.
         self._stage_start(rollouts, "1", system, reset=True)
@@ -306,6 +312,7 @@ class EpisodeRunner:
         )
         ids = r.env.stm.render().ids
         return AgentView(
+            row=r.row,
             rollout=r.traj.rollout,
             task=task,
             stage=stage,

@@ -22,7 +22,8 @@ from agemem_jax.protocol import format_turn
 class AgentView:
     """What one rollout's policy sees at one step."""
 
-    rollout: int
+    row: int  # index of the rollout in the runner's batch (B x K rows)
+    rollout: int  # index within its task's group
     task: Task
     stage: int  # 1, 2 or 3
     turn: int  # index of the turn within its stage
@@ -48,6 +49,9 @@ class Action:
 
 
 class Policy(Protocol):
+    """`act` answers one view per active rollout. A policy may also define `begin(n_rows, seed)`,
+    which the runner calls before a batch of episodes (the model policy sizes its sampler)."""
+
     name: str
 
     def act(self, views: Sequence[AgentView]) -> list[Action]: ...

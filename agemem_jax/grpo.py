@@ -1,0 +1,250 @@
+"""The step-wise GRPO training loop (spec section 5) and the cold-start SFT that precedes it.
+
+One GRPO step: B tasks x K rollouts run as three-stage episodes with the current parameters
+(π_old); each trajectory gets its composite reward; group advantages are broadcast to every
+step; each step becomes one training row (its prompt ids and its action ids with the sampler's
+raw log-probs); the trainer runs its epochs/minibatches over the packed rows.
+
+The loop state is the step; the data cursor, the sampler seed and the minibatch shuffle are all
+derived from it (and the optimizer update count), so a run killed anywhere resumes from its
+last checkpoint to exactly the same parameters and metrics. SIGTERM (preemption) saves first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from agemem_jax import builders, rl_loss
+from agemem_jax.checkpointing import Checkpointer
+from agemem_jax.distributed import is_main
+from agemem_jax.episodes import EpisodeRunner, Trajectory, score, summarize
+from agemem_jax.metrics_log import MetricsWriter
+from agemem_jax.packing import StepRow
+from agemem_jax.rollout import ModelStack, SamplingConfig
+from agemem_jax.train_step import Trainer
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampler seed of a step: a function of the step alone, so resuming replays it."""
+    return (int(seed) * 1_000_003 + int(step)) % (2**31 - 1)
+
+
+def rows_from(trajectories: Sequence[Trajectory], advantages: np.ndarray) -> list[StepRow]:
+    """Every step of trajectory i becomes a row carrying A_i (all three stages)."""
+    rows = []
+    for traj, adv in zip(trajectories, np.asarray(advantages).reshape(-1), strict=True):
+        for s in traj.steps:
+            rows.append(StepRow(s.prompt_ids, s.action_ids, s.logprobs, float(adv)))
+    return rows
+
+
+def rollout_metrics(trajs: Sequence[Trajectory], group_size: int) -> dict[str, Any]:
+    rewards = np.asarray([t.reward.total for t in trajs], np.float64)
+    m = summarize(trajs)
+    comps = m.pop("reward_components", {})
+    calls = m.pop("tool_calls_by_name", {})
+    return {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "reward_group_std": float(rewards.reshape(-1, group_size).std(axis=1, ddof=1).mean()),
+        "reward": {k: v for k, v in comps.items() if k != "total"},
+        "tool_calls": calls,
+        **{k: v for k, v in m.items() if k in ("judge_score", "memory_quality", "prompt_tokens",
+                                               "format_error_rate", "answered_rate")},
+    }  # fmt: skip
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step (then it saves and exits)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.requested = True
+            logging.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread (e.g. inside some test runners)
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+@dataclasses.dataclass
+class Setup:
+    trainer: Trainer
+    stack: ModelStack
+    runner: EpisodeRunner
+    tasks: list
+    judge: Any
+    reward_cfg: Any
+
+
+def build(config) -> Setup:
+    model, tokenizer = builders.model(config.model, config.seed)
+    trainer = Trainer(
+        model,
+        loss=config.grpo.loss,
+        optim=config.optim,
+        packing=config.packing,
+        update=config.trainer,
+        mesh=tuple(config.mesh.shape),
+        rules=config.mesh.train_rules,
+    )
+    sampling = SamplingConfig.from_any(config.sampling)
+    mesh = trainer.mesh if trainer.mesh.size > 1 else None
+    stack = ModelStack(
+        trainer.model,
+        tokenizer,
+        sampling,
+        max_len=config.memory.t_max + sampling.max_new_tokens,
+        mesh=mesh,
+    )
+    summarize_fn = builders.summarizer(config.summarizer, stack.complete)
+    runner = builders.runner(stack.chat, config, summarize_fn)
+    tasks = builders.tasks(config.data, runner.cfg)
+    if not tasks:
+        raise ValueError("the dataset gave no tasks")
+    judge = builders.judge(config.judge, stack.complete_batch)
+    return Setup(trainer, stack, runner, tasks, judge, builders.reward_config(config.reward))
+
+
+def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) GRPO; returns the metrics of the steps run in this call."""
+    workdir = Path(workdir)
+    s = build(config)
+    t = config.train
+    ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, save_every=t.save_every)
+    writer = MetricsWriter(workdir)
+    start = 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        params, opt_state, loop = ckpt.restore(latest, s.trainer.params, s.trainer.opt_state)
+        s.trainer.params, s.trainer.opt_state = params, opt_state
+        s.trainer.num_updates = int(loop["num_updates"])
+        start = int(loop["step"])
+        writer.truncate_after(start)
+        logging.info("resumed from step %d", start)
+    history = []
+    bar = tqdm(
+        range(start, t.steps), initial=start, total=t.steps, desc="grpo", disable=not progress
+    )
+    with _Preemption() as preempt:
+        for step in bar:
+            metrics = grpo_step(s, step, config)
+            history.append(metrics)
+            writer.write(step + 1, metrics)
+            logging.info(
+                "step %d reward %.4f kl %.4g loss %.4g rollout %.1fs update %.1fs",
+                step + 1, metrics["reward_mean"], metrics.get("kl", float("nan")),
+                metrics["loss"], metrics["rollout_seconds"], metrics["update_seconds"],
+            )  # fmt: skip
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}")
+            loop = {"step": step + 1, "num_updates": s.trainer.num_updates}
+            ckpt.save(
+                step + 1, s.trainer.params, s.trainer.opt_state, loop, config.to_dict(),
+                force=preempt.requested or step + 1 == t.steps,
+            )  # fmt: skip
+            if preempt.requested:
+                break
+    ckpt.close()
+    writer.close()
+    if t.export and is_main() and s.trainer.num_updates and not preempt.requested:
+        from agemem_jax.models import save_checkpoint
+
+        save_checkpoint(s.trainer.model, s.stack.tokenizer, workdir / "export")
+    return history
+
+
+def grpo_step(s: Setup, step: int, config) -> dict[str, Any]:
+    g = config.grpo
+    b, k = g.tasks_per_step, g.group_size
+    cursor = (step * b) % len(s.tasks)
+    batch = [s.tasks[(cursor + i) % len(s.tasks)] for i in range(b)]
+    t0 = time.perf_counter()
+    s.stack.set_model(s.trainer.model)
+    trajs = s.runner.run(batch, s.stack.policy, group_size=k, seed=step_seed(config.seed, step))
+    score(trajs, s.judge, s.runner.cfg, s.reward_cfg)
+    rollout_s = time.perf_counter() - t0
+    rewards = np.asarray([tr.reward.total for tr in trajs], np.float64).reshape(b, k)
+    adv = rl_loss.group_advantages(rewards, eps=g.advantage_eps)
+    rows = rows_from(trajs, adv)
+    update = s.trainer.step(rows)
+    calls = Counter(c.name for tr in trajs for c in tr.calls())
+    out = rollout_metrics(trajs, k)
+    out.update(update)
+    out.update(
+        step=step + 1,
+        tokens_sampled=int(sum(len(st.action_ids) for tr in trajs for st in tr.steps)),
+        step_rows=len(rows),
+        rollout_seconds=rollout_s,
+        tool_calls_total=sum(calls.values()),
+        sampler=dict(s.stack.policy.stats),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- cold start
+def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+    """Supervised warm start on the scripted expert's trajectories, token-in/token-out.
+
+    The expert's turns are rendered with the policy's own tokenizer and context machinery, so
+    the rows are exactly what the policy will see and emit in RL. Exports the result as an HF
+    folder (`workdir/export`), which the RL config then loads as its checkpoint.
+    """
+    from agemem_jax.models import save_checkpoint
+    from agemem_jax.policies import ScriptedPolicy
+
+    workdir = Path(workdir)
+    model, tokenizer = builders.model(config.model, config.seed)
+    from agemem_jax.chat import ChatFormat
+
+    chat = ChatFormat(tokenizer)
+    runner = builders.runner(chat, config, builders.summarizer("extractive"))
+    tasks = builders.tasks(config.data, runner.cfg)
+    expert = ScriptedPolicy(
+        top_k=config.memory.top_k, enabled_tools=tuple(config.memory.enabled_tools)
+    )
+    trajs = runner.run(tasks, expert)
+    rows = [StepRow(st.prompt_ids, st.action_ids) for tr in trajs for st in tr.steps]
+    trainer = Trainer(
+        model,
+        loss={"kl_beta": 0.0},
+        optim=config.optim,
+        packing=config.packing,
+        update=config.trainer,
+        mesh=tuple(config.mesh.shape),
+        rules=config.mesh.train_rules,
+    )
+    writer = MetricsWriter(workdir, "sft_metrics.jsonl")
+    rng = np.random.default_rng(config.seed)
+    per_step = config.sft.rows_per_step
+    history = []
+    for step in tqdm(range(config.sft.steps), desc="sft", disable=not progress):
+        idx = rng.choice(len(rows), size=min(per_step, len(rows)), replace=False)
+        m = trainer.sft_step([rows[i] for i in idx])
+        m["step"] = step + 1
+        writer.write(step + 1, m)
+        history.append(m)
+        logging.info("sft step %d loss %.4f", step + 1, m["loss"])
+    writer.close()
+    if is_main():
+        save_checkpoint(trainer.model, tokenizer, workdir / "export")
+    return history

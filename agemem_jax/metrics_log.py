@@ -1,0 +1,68 @@
+"""Per-step metrics: one JSON line per step in `metrics.jsonl`, plus TensorBoard events.
+
+Only process 0 writes. Values that are not numbers (nested dicts are flattened with '/') are
+kept in the JSON line and skipped for TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from agemem_jax.distributed import is_main
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str | Path, name: str = "metrics.jsonl", tensorboard: bool = True):
+        self.enabled = is_main()
+        self.path = Path(workdir) / name
+        self._tb = None
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines of steps the checkpoint does not cover (they will be redone)."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **flatten(metrics)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

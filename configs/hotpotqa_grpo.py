@@ -1,0 +1,72 @@
+"""Step-wise GRPO on three-stage HotpotQA-style episodes (spec section 5).
+
+    python experiments/train.py --config=configs/hotpotqa_grpo.py:tiny_cpu --workdir=/tmp/tr
+    python experiments/sft.py --config=configs/hotpotqa_grpo.py:smollm2_cpu --workdir=/tmp/sft
+    python experiments/train.py --config=configs/hotpotqa_grpo.py:smollm2_cpu --workdir=/tmp/tr \\
+        --config.model.checkpoint=/tmp/sft/export
+
+Presets:
+  tiny_cpu       a random tiny Qwen3-shaped decoder with SmolLM2's tokenizer: seconds per step,
+                 for tests of the loop (resume, sharding, logging); it learns nothing useful.
+  smollm2_cpu    the embedded SmolLM2-135M-Instruct on procedural multi-hop data, sized for the
+                 2-core CPU demo (short episodes, small groups).
+  qwen3_4b_tpu   the paper's Qwen3-4B-Instruct setting on a TPU slice (B=8, K=8, bf16).
+  qwen25_7b_gpu  the paper's Qwen2.5-7B-Instruct setting on a GPU cluster.
+"""
+
+import ml_collections as mlc
+
+from agemem_jax.config_lib import grpo_config
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    preset = arg or "tiny_cpu"
+    c = grpo_config()
+    c.policy = "model"
+    if preset == "tiny_cpu":
+        c.model.random.update(
+            vocab_size=0,  # 0: the tokenizer's size
+            hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+            head_dim=16, qk_norm=True, tie_word_embeddings=True, rope_theta=1e6,
+            architecture="Qwen3ForCausalLM", max_position_embeddings=4096,
+        )  # fmt: skip
+        c.model.tokenizer = "smollm2-135m-instruct"
+        c.encoder = "hash"
+        c.data.limit = 8
+        c.episode.update(t1=1, t2=1, t3=2, max_actions_per_turn=1)
+        c.sampling.max_new_tokens = 16
+        c.memory.t_max = 2048
+        c.grpo.update(tasks_per_step=1, group_size=4)
+        c.optim.update(learning_rate=1e-3, warmup_steps=0, schedule="constant")
+        c.train.update(steps=3, save_every=1, export=False)
+    elif preset == "smollm2_cpu":
+        c.data.limit = 64
+        c.episode.update(t1=3, t2=2, t3=3, max_actions_per_turn=2)
+        c.sampling.max_new_tokens = 96
+        c.memory.t_max = 4096
+        c.grpo.update(tasks_per_step=1, group_size=4)
+        c.optim.update(learning_rate=2e-6, warmup_steps=0, schedule="constant")
+        c.train.update(steps=6, save_every=2)
+        c.sft.update(steps=30, rows_per_step=16)
+        c.packing.tokens_per_micro = 8192
+    elif preset == "qwen3_4b_tpu":
+        c.model.update(checkpoint="/path/to/Qwen3-4B-Instruct-2507", dtype="bfloat16",
+                       scan_layers=True, remat_policy="dots_no_batch")  # fmt: skip
+        c.mesh.shape = (1, -1, 1)
+        c.data.update(source="hotpotqa", path="", split="train", limit=0)
+        c.grpo.update(tasks_per_step=8, group_size=8)
+        c.summarizer = "policy"
+        c.sampling.max_new_tokens = 2048  # spec: max response length
+    elif preset == "qwen25_7b_gpu":
+        c.model.update(checkpoint="/path/to/Qwen2.5-7B-Instruct", dtype="bfloat16",
+                       scan_layers=True, remat_policy="dots_no_batch")  # fmt: skip
+        c.mesh.shape = (1, -1, 1)
+        c.data.update(source="hotpotqa", path="", split="train", limit=0)
+        c.grpo.update(tasks_per_step=8, group_size=8)
+        c.summarizer = "policy"
+        c.sampling.max_new_tokens = 2048
+    else:
+        raise ValueError(
+            f"unknown preset {preset!r}: tiny_cpu, smollm2_cpu, qwen3_4b_tpu, qwen25_7b_gpu"
+        )
+    return c

@@ -1,0 +1,28 @@
+"""Step-wise GRPO training.
+
+    python experiments/train.py --config=configs/hotpotqa_grpo.py:tiny_cpu --workdir=/tmp/tr
+Re-running the same command resumes from the last checkpoint in the workdir.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+from agemem_jax import cli, distributed, grpo
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the exported policy.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    distributed.initialize(config.get("multihost"))
+    grpo.train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    cli.run(main)
