@@ -36,7 +36,18 @@ EXTRAS = {
         "ruff>=0.6",
     ],
     # Benchmark environments (ScienceWorld, BabyAI, PDDL, ALFWorld) arrive with their issue.
-    "envs": [],
+    "envs": [
+        # ALFWorld: the ALFRED domain, grammar and tables, played on TextWorld's PDDL engine
+        # (fast-downward-textworld has no wheel: pip compiles it, about 5 minutes on 2 cores).
+        "alfworld==0.4.2",
+        "textworld[pddl]==1.7.0",
+        "fast-downward-textworld==20.6.4",
+        # PDDL, BabyAI and ScienceWorld (agemem_jax.envs); versions verified offline here.
+        "pyperplan==2.1",  # PDDL parsing, grounding and the oracle's planner
+        "minigrid==3.2.0",  # BabyAI levels and minigrid's BabyAI bot (with gymnasium 1.x)
+        "gymnasium>=1.0,<2",
+        "scienceworld==1.2.3",  # ships its jar; runs on the machine's Java 17
+    ],
 }
 
 setup(
@@ -45,6 +56,7 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["agemem_jax", "agemem_jax.*"]),
+    package_data={"agemem_jax.envs": ["alfworld_data/*.json", "pddl_domains/*.pddl"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )
