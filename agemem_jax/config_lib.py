@@ -57,6 +57,7 @@ def base_config() -> mlc.ConfigDict:
     c.memory.t_max = 8192
     c.memory.theta = 0.6
     c.memory.top_k = 3
+    c.memory.prompt_style = "json"  # the spec's JSON schemas; "compact" for small CPU runs
     c.encoder = "minilm"  # minilm | hash (unit tests only)
     c.summarizer = "extractive"  # policy (the model summarizes) | extractive (deterministic)
 

@@ -57,6 +57,7 @@ class MemoryEnvConfig:
     default_memory_type: str = "general"
     summary_role: str = "user"
     seed: int = 0  # memory id RNG
+    prompt_style: str = "json"  # how tools are listed in the system prompt: json | compact
     limits: ProtocolLimits = dataclasses.field(default_factory=ProtocolLimits)
 
     @classmethod
@@ -245,7 +246,7 @@ class MemoryEnv:
         self.stm.stage = str(value)
 
     def system_prompt(self, instructions: str = "") -> str:
-        return T.system_prompt(self.tools, instructions)
+        return T.system_prompt(self.tools, instructions, self.config.prompt_style)
 
     def reset_context(self, system_prompt: str | None = None) -> Message:
         """Start a fresh context (a new stage) holding only the system prompt."""

@@ -166,9 +166,32 @@ def select_tools(
 # Prompt rendering
 
 
-def render_tools(tools: Mapping[str, ToolSpec] | Iterable[ToolSpec]) -> str:
-    specs = tools.values() if isinstance(tools, Mapping) else tools
-    return "\n".join(json.dumps(s.to_json(), ensure_ascii=False) for s in specs)
+PROMPT_STYLES = ("json", "compact")
+
+
+def _signature(spec: ToolSpec) -> str:
+    props = spec.parameters.get("properties", {})
+    required = set(spec.parameters.get("required", []))
+    args = [
+        f"{name}{'' if name in required else '?'}: {p.get('type', 'any')}"
+        for name, p in props.items()
+    ]
+    return f"{spec.name}({', '.join(args)})"
+
+
+def render_tools(tools: Mapping[str, ToolSpec] | Iterable[ToolSpec], style: str = "json") -> str:
+    """The tool list for the system prompt.
+
+    `json` is the spec's rendering (name, description, JSON-schema parameters, one per line).
+    `compact` **(ours)** is a one-line signature and description per tool, about a third of the
+    tokens: what a small model on a CPU budget can afford to read at every step.
+    """
+    specs = list(tools.values() if isinstance(tools, Mapping) else tools)
+    if style == "json":
+        return "\n".join(json.dumps(s.to_json(), ensure_ascii=False) for s in specs)
+    if style == "compact":
+        return "\n".join(f"- {_signature(s)}: {s.description}" for s in specs)
+    raise ValueError(f"unknown prompt style {style!r}; choose one of {PROMPT_STYLES}")
 
 
 PROTOCOL_RULES = """\
@@ -184,11 +207,13 @@ Write nothing outside these tags."""
 
 
 def system_prompt(
-    tools: Mapping[str, ToolSpec] | Iterable[ToolSpec] | None = None, instructions: str = ""
+    tools: Mapping[str, ToolSpec] | Iterable[ToolSpec] | None = None,
+    instructions: str = "",
+    style: str = "json",
 ) -> str:
     """The protocol, the tool list, then task-specific `instructions`."""
     tools = TOOLS if tools is None else tools
-    listing = render_tools(tools)
+    listing = render_tools(tools, style)
     parts = [PROTOCOL_RULES]
     if listing:
         parts.append(f"Available tools:\n<tools>\n{listing}\n</tools>")

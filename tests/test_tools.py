@@ -100,3 +100,19 @@ def test_validation_errors(name, args, code, needle):
     out, err = _check(name, args)
     assert out == {} and err is not None
     assert err[0] == code and needle in err[1], err
+
+
+def test_compact_prompt_lists_every_enabled_tool_briefly():
+    from agemem_jax import tools as T
+
+    full = T.system_prompt(T.TOOLS, style="json")
+    compact = T.system_prompt(T.TOOLS, style="compact")
+    assert len(compact) < len(full) / 2
+    for name in T.TOOL_NAMES:
+        assert name in compact
+    assert "Delete_memory(memory_id: string, confirmation: boolean)" in compact
+    assert "Retrieve_memory(query: string, top_k?: integer, metadata_filter?: object)" in compact
+    ablated = T.system_prompt(T.select_tools(["Add_memory"]), style="compact")
+    assert "Add_memory(" in ablated and "Filter_context" not in ablated
+    with pytest.raises(ValueError, match="prompt style"):
+        T.render_tools(T.TOOLS, "yaml")
