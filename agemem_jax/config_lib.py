@@ -14,7 +14,9 @@ def base_config() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.seed = 0
     c.multihost = mlc.FieldReference(None, field_type=bool)  # None: follow the environment
-    c.policy = "scripted"  # model | scripted | random
+    c.policy = "scripted"  # model | scripted | random (| oracle on interactive benchmarks)
+    c.bench = "hotpotqa"  # hotpotqa | alfworld | sciworld | babyai | pddl
+    c.env = mlc.ConfigDict()  # the benchmark's task-list settings (envs.tasks(bench, **env))
 
     c.model = mlc.ConfigDict()
     c.model.checkpoint = "smollm2-135m-instruct"  # HF folder, .gguf file, or embedded alias

@@ -41,6 +41,68 @@ def load_policy_stack(config):
 
 
 def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Dispatch on `config.bench`: three-stage HotpotQA episodes or an interactive benchmark."""
+    if config.get("bench", "hotpotqa") != "hotpotqa":
+        return evaluate_env(config, workdir, progress)
+    return evaluate_hotpotqa(config, workdir, progress)
+
+
+def _write(out_dir: Path, trajectories, metrics: dict[str, Any]) -> None:
+    with open(out_dir / "trajectories.jsonl.tmp", "w") as f:
+        for t in trajectories:
+            f.write(json.dumps(t.to_json(), ensure_ascii=False, default=str) + "\n")
+    os.replace(out_dir / "trajectories.jsonl.tmp", out_dir / "trajectories.jsonl")
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out_dir / "metrics.json")
+
+
+def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """An interactive benchmark, played through the protocol with the memory tools available."""
+    from agemem_jax import envs
+    from agemem_jax.env_episodes import EnvEpisodeRunner, OraclePolicy
+    from agemem_jax.env_episodes import summarize as env_summarize
+
+    out_dir = Path(workdir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if config.policy == "oracle":
+        from agemem_jax.models import load_tokenizer
+
+        policy, chat, complete = (
+            OraclePolicy(),
+            ChatFormat(load_tokenizer(config.model.checkpoint)),
+            None,
+        )
+    else:
+        policy, chat, complete, _ = load_policy_stack(config)
+    make_memory = builders.env_factory(
+        chat, config.memory, config.encoder, builders.summarizer(config.summarizer, complete)
+    )
+    runner = EnvEpisodeRunner(
+        config.bench, make_memory, max_tool_turns=config.episode.max_actions_per_turn,
+        stop_id=chat.im_end,
+    )  # fmt: skip
+    specs = envs.tasks(config.bench, config.env)
+    if config.data.limit:
+        specs = specs[: config.data.limit]
+    trajectories = []
+    batch = max(1, int(config.eval.batch_tasks))
+    bar = tqdm(total=len(specs), desc=f"{config.bench} {policy.name}", disable=not progress)
+    for i in range(0, len(specs), batch):
+        trajectories += runner.run(specs[i : i + batch], policy, seed=config.seed)
+        bar.update(len(specs[i : i + batch]))
+    bar.close()
+    metrics = env_summarize(trajectories) | {
+        "policy": policy.name,
+        "seconds": round(time.time() - t0, 2),
+    }
+    _write(out_dir, trajectories, metrics)
+    logging.info("eval %s %s: %s", config.bench, policy.name, json.dumps(metrics))
+    return metrics
+
+
+def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     out_dir = Path(workdir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -53,22 +115,16 @@ def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[
     trajectories: list[Trajectory] = []
     batch = max(1, int(config.eval.batch_tasks))
     bar = tqdm(total=len(tasks), desc=f"eval {policy.name}", disable=not progress, unit="task")
-    with open(out_dir / "trajectories.jsonl.tmp", "w") as f:
-        for i in range(0, len(tasks), batch):
-            chunk = runner.run(tasks[i : i + batch], policy, group_size=config.eval.group_size)
-            score(chunk, judge, runner.cfg, reward_cfg)
-            for t in chunk:
-                f.write(json.dumps(t.to_json(), ensure_ascii=False) + "\n")
-            trajectories += chunk
-            bar.update(len(tasks[i : i + batch]))
-            bar.set_postfix(J=f"{summarize(trajectories)['judge_score']:.3f}")
+    for i in range(0, len(tasks), batch):
+        chunk = runner.run(tasks[i : i + batch], policy, group_size=config.eval.group_size)
+        score(chunk, judge, runner.cfg, reward_cfg)
+        trajectories += chunk
+        bar.update(len(tasks[i : i + batch]))
+        bar.set_postfix(J=f"{summarize(trajectories)['judge_score']:.3f}")
     bar.close()
-    os.replace(out_dir / "trajectories.jsonl.tmp", out_dir / "trajectories.jsonl")
     metrics = summarize(trajectories, judge.name)
     metrics |= {"policy": policy.name, "seconds": round(time.time() - t0, 2)}
     metrics["judge_stats"] = dict(judge.stats)
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out_dir / "metrics.json")
+    _write(out_dir, trajectories, metrics)
     logging.info("eval %s: %s", policy.name, json.dumps(metrics))
     return metrics

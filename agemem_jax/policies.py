@@ -24,7 +24,7 @@ class AgentView:
 
     row: int  # index of the rollout in the runner's batch (B x K rows)
     rollout: int  # index within its task's group
-    task: Task
+    task: Task | None  # None in interactive benchmarks (see `env`)
     stage: int  # 1, 2 or 3
     turn: int  # index of the turn within its stage
     turn_step: int  # actions already taken in this turn
@@ -36,6 +36,7 @@ class AgentView:
     last_error: str | None = None  # error observation of the previous action, if any
     prompt_ids: tuple[int, ...] = ()  # the context as the model would see it
     context_tokens: int = 0
+    env: Any = None  # the interactive benchmark's TextEnv, for its oracle
 
 
 @dataclasses.dataclass

@@ -13,6 +13,9 @@ log-probs, micro-batch accumulation and AdamW. Keys:
   roof_gflops          a jitted f32 matmul measured in the same run; roof_fraction = the ratio
   padding_waste        fraction of computed positions that are padding
   compile_s            first update (compilation included) minus a steady one
+  grpo_step            with --grpo-step PRESET: one real GRPO step of that preset of
+                       configs/hotpotqa_grpo.py (episodes + reward + update): rollout and update
+                       seconds and their shares of the step
 """
 
 from __future__ import annotations
@@ -99,6 +102,37 @@ def synthetic_rows(cfg: ModelConfig, args, rng: np.random.Generator) -> list[Ste
     return rows
 
 
+def grpo_step_share(preset: str) -> dict:
+    """Time one GRPO step of a preset (the second, so compilation is excluded where possible)."""
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    from agemem_jax import grpo
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "hotpotqa_grpo.py"
+    spec = importlib.util.spec_from_file_location("grpo_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config(preset)
+    config.train.update(steps=2, save_every=100, export=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        history = grpo.train(config, tmp, progress=False)
+    m = history[-1]
+    rollout, update = m["rollout_seconds"], m["update_seconds"]
+    return {
+        "preset": preset,
+        "rollout_s": round(rollout, 2),
+        "update_s": round(update, 2),
+        "rollout_share": round(rollout / (rollout + update), 3),
+        "update_share": round(update / (rollout + update), 3),
+        "step_rows": m["step_rows"],
+        "tokens_sampled": m["tokens_sampled"],
+        "trained_tokens": m["trained_tokens"],
+        "padding_waste": round(m["padding_waste"], 3),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="alias/path, or 'tiny'")
@@ -113,6 +147,7 @@ def main():
     ap.add_argument("--scan-layers", action="store_true")
     ap.add_argument("--repeats", type=int, default=2, help="timed updates after the first")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grpo-step", default="", help="also time one GRPO step of this preset")
     args = ap.parse_args()
 
     roof = matmul_roof()
@@ -141,9 +176,11 @@ def main():
     times = [timed_update() for _ in range(args.repeats)]
     sec = float(np.median(times))
     flops = useful_flops(cfg, rows, args.kl_beta > 0)
+    step_share = grpo_step_share(args.grpo_step) if args.grpo_step else None
     print(
         json.dumps(
             {
+                "grpo_step": step_share,
                 "bench": "update",
                 "model": args.model,
                 "params_m": round(matmul_params(cfg) / 1e6, 1),

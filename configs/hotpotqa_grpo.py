@@ -9,7 +9,7 @@ Presets:
   tiny_cpu       a random tiny Qwen3-shaped decoder with SmolLM2's tokenizer: seconds per step,
                  for tests of the loop (resume, sharding, logging); it learns nothing useful.
   smollm2_cpu    the embedded SmolLM2-135M-Instruct on procedural multi-hop data, sized for the
-                 2-core CPU demo (short episodes, small groups).
+                 2-core CPU demo (short episodes, K=2, two steps): `make demo`.
   qwen3_4b_tpu   the paper's Qwen3-4B-Instruct setting on a TPU slice (B=8, K=8, bf16).
   qwen25_7b_gpu  the paper's Qwen2.5-7B-Instruct setting on a GPU cluster.
 """
@@ -40,15 +40,18 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.optim.update(learning_rate=1e-3, warmup_steps=0, schedule="constant")
         c.train.update(steps=3, save_every=1, export=False)
     elif preset == "smollm2_cpu":
-        c.data.limit = 64
-        c.episode.update(t1=3, t2=2, t3=3, max_actions_per_turn=2)
-        c.sampling.max_new_tokens = 96
-        c.memory.t_max = 4096
-        c.grpo.update(tasks_per_step=1, group_size=4)
-        c.optim.update(learning_rate=2e-6, warmup_steps=0, schedule="constant")
-        c.train.update(steps=6, save_every=2)
-        c.sft.update(steps=30, rows_per_step=16)
-        c.packing.tokens_per_micro = 8192
+        # What `make demo` runs: every piece at full fidelity, every size cut to fit ~30 minutes
+        # of 2 CPU cores (a step row is the whole context, so update cost is context length).
+        c.model.update(scan_layers=True, remat_policy="full")
+        c.memory.update(prompt_style="compact", t_max=4096)
+        c.data.limit = 16
+        c.episode.update(t1=1, t2=1, t3=2, max_actions_per_turn=2)
+        c.sampling.max_new_tokens = 64
+        c.packing.tokens_per_micro = 4096
+        c.grpo.update(tasks_per_step=1, group_size=2)
+        c.optim.update(learning_rate=1e-5, warmup_steps=0, schedule="constant")
+        c.train.update(steps=2, save_every=1)
+        c.sft.update(steps=2, rows_per_step=4)
     elif preset == "qwen3_4b_tpu":
         c.model.update(checkpoint="/path/to/Qwen3-4B-Instruct-2507", dtype="bfloat16",
                        scan_layers=True, remat_policy="dots_no_batch")  # fmt: skip

@@ -1,0 +1,190 @@
+"""Interactive benchmarks (ALFWorld, ScienceWorld, BabyAI, PDDL) played with the memory tools.
+
+The agent speaks the same protocol as in HotpotQA episodes: a turn with `<tool_call>` runs memory
+tools (the results come back as tool messages), a turn with `<answer>` carries one environment
+action, whose observation comes back as the next user message. Long-term memory persists for the
+episode and the short-term context keeps its token budget, so Retrieve/Summary/Filter matter as
+episodes grow. At most `max_tool_turns` memory turns may precede an action **(ours)**; past that
+the environment gets an empty (invalid) action, so every episode ends within its step limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from agemem_jax import envs as envs_lib
+from agemem_jax import tools as T
+from agemem_jax.episodes import FORMAT_ERROR_CODES
+from agemem_jax.memory_env import MemoryEnv
+from agemem_jax.policies import Action, AgentView
+from agemem_jax.protocol import format_turn
+
+ENV_INSTRUCTIONS = """\
+You are an agent acting in a text environment. Each user message is what you observe. Reply \
+with exactly one environment action inside <answer></answer> (for example \
+<answer>go to desk 1</answer>); "check valid actions" lists what you can do. Before acting you \
+may use the memory tools: store what you learn (Add_memory), recall it (Retrieve_memory), and \
+keep the context short (Summary_context, Filter_context)."""
+
+
+@dataclasses.dataclass
+class EnvTrajectory:
+    bench: str
+    spec: dict[str, Any]
+    task: str
+    env: Any  # the TextEnv (closed after the run)
+    memory: MemoryEnv
+    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bench": self.bench,
+            "task": self.task,
+            "spec": {k: str(v) for k, v in self.spec.items()},
+            "metrics": self.metrics,
+            "memory": [e.content for e in self.memory.ltm.entries()],
+            "tool_stats": self.memory.metrics(),
+            "steps": self.steps,
+        }
+
+
+class OraclePolicy:
+    """The benchmark's own expert (gold path, bot, plan, walkthrough) speaking our protocol."""
+
+    name = "oracle"
+
+    def act(self, views: Sequence[AgentView]) -> list[Action]:
+        out = []
+        for v in views:
+            action = v.env.oracle_action()
+            out.append(Action(format_turn("Following the expert plan.", answer=action)))
+        return out
+
+
+class EnvEpisodeRunner:
+    def __init__(
+        self,
+        bench: str,
+        make_memory: Callable[[], MemoryEnv],
+        *,
+        max_tool_turns: int = 3,
+        stop_id: int | None = None,
+        instructions: str = ENV_INSTRUCTIONS,
+    ):
+        if bench not in envs_lib.REGISTRY:
+            raise ValueError(
+                f"unknown benchmark {bench!r}; choose one of {sorted(envs_lib.REGISTRY)}"
+            )
+        if max_tool_turns < 0:
+            raise ValueError(f"max_tool_turns must be >= 0, got {max_tool_turns}")
+        self.bench = bench
+        self.make_memory = make_memory
+        self.max_tool_turns = max_tool_turns
+        self.stop_id = stop_id
+        self.instructions = instructions
+
+    def run(self, specs: Sequence[Mapping[str, Any]], policy, seed: int = 0) -> list[EnvTrajectory]:
+        trajs = []
+        for spec in specs:
+            env = envs_lib.make(self.bench, dict(spec))
+            first = env.reset()
+            mem = self.make_memory()
+            mem.stage = "env"
+            mem.reset_context(mem.system_prompt(f"{self.instructions}\n\nYour task: {env.task}"))
+            mem.add_message("user", first, protected=False)
+            trajs.append(EnvTrajectory(self.bench, dict(spec), env.task, env, mem))
+        if hasattr(policy, "begin"):
+            policy.begin(len(trajs), seed)
+        tool_turns = [0] * len(trajs)
+        try:
+            while True:
+                active = [i for i, t in enumerate(trajs) if not t.env.done]
+                if not active:
+                    break
+                views = [self._view(i, trajs[i]) for i in active]
+                for i, view, action in zip(active, views, policy.act(views), strict=True):
+                    tool_turns[i] = self._apply(trajs[i], view, action, tool_turns[i])
+        finally:
+            for t in trajs:
+                t.metrics = self._metrics(t)
+                t.env.close()
+        return trajs
+
+    def _view(self, i: int, t: EnvTrajectory) -> AgentView:
+        ids = t.memory.stm.render().ids
+        return AgentView(
+            row=i, rollout=0, task=None, stage=0, turn=len(t.steps), turn_step=0,
+            incoming=t.env.observation, last_turn_of_stage=False,
+            prompt_ids=tuple(int(x) for x in ids), context_tokens=len(ids), env=t.env,
+        )  # fmt: skip
+
+    def _apply(self, t: EnvTrajectory, view: AgentView, action: Action, tool_turns: int) -> int:
+        if action.token_ids is not None:
+            ids = np.asarray(action.token_ids, np.int32)
+        else:
+            ids = np.asarray(t.memory.chat.encode(action.text), np.int32)
+            if self.stop_id is not None:
+                ids = np.append(ids, np.int32(self.stop_id))
+        n_records = len(t.memory.stats.records)
+        result = t.memory.step(ids, action.text)
+        codes = [r.code for r in t.memory.stats.records[n_records:]]
+        env_action = result.answer
+        if env_action is None:
+            tool_turns += 1
+            if tool_turns <= self.max_tool_turns:
+                t.steps.append(self._record(view, action, result, codes, None, None))
+                return tool_turns
+            env_action = ""  # too many memory turns in a row: the environment moves on
+        step = t.env.step(env_action.strip())
+        t.memory.add_message("user", step.observation)
+        t.steps.append(self._record(view, action, result, codes, env_action, step.observation))
+        return 0
+
+    @staticmethod
+    def _record(view, action, result, codes, env_action, observation) -> dict[str, Any]:
+        return {
+            "prompt_tokens": view.context_tokens,
+            "text": action.text,
+            "calls": [c["name"] for c in result.turn.tool_calls],
+            "error": result.turn.error,
+            "format_error": result.turn.error is not None
+            or any(c in FORMAT_ERROR_CODES for c in codes),
+            "env_action": env_action,
+            "observation": observation,
+        }
+
+    @staticmethod
+    def _metrics(t: EnvTrajectory) -> dict[str, Any]:
+        m = dict(t.env.metrics())
+        m["policy_turns"] = len(t.steps)
+        m["format_errors"] = sum(s["format_error"] for s in t.steps)
+        m["prompt_tokens"] = (
+            float(np.mean([s["prompt_tokens"] for s in t.steps])) if t.steps else 0.0
+        )
+        return m
+
+
+def summarize(trajs: Sequence[EnvTrajectory]) -> dict[str, Any]:
+    n = len(trajs)
+    if not n:
+        return {"episodes": 0}
+    turns = [s for t in trajs for s in t.steps]
+    calls = Counter({name: 0 for name in T.TOOL_NAMES})
+    for s in turns:
+        calls.update(s["calls"])
+    numeric = [k for k, v in trajs[0].metrics.items() if isinstance(v, int | float)]
+    out = {k: float(np.mean([t.metrics.get(k, 0.0) for t in trajs])) for k in numeric}
+    out.update(
+        episodes=n,
+        bench=trajs[0].bench,
+        tool_calls=sum(calls.values()) / n,
+        tool_calls_by_name={k: v / n for k, v in sorted(calls.items())},
+        format_error_rate=(sum(s["format_error"] for s in turns) / len(turns)) if turns else 0.0,
+    )
+    return out
