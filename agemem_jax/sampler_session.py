@@ -1,0 +1,691 @@
+"""The jitted sampler: a batch of rows decoded together, each row at its own KV-cache offset.
+
+    session = SamplerSession(model, tokenizer, batch_size=8, stop=("</tool_call>", "</answer>"))
+    session.start(prompts)                         # prefill every row
+    outs = session.decode(256, SamplingParams(temperature=1.0))
+    session.append({0: obs_ids, 3: obs_ids_3})     # ragged continuation; no prefix recompute
+    outs = session.decode(256, SamplingParams(temperature=1.0))
+    session.reset_row(5, edited_context_ids)       # context edited: re-prefill that row alone
+
+Cache invariants. Row b keeps its context in slots `0 .. index[b]-1` with no holes, so a slot is
+a position. Everything after that is garbage that no query can see (a query at slot s attends to
+slots <= s) and that the next write replaces. A decode turn leaves each row's last sampled token
+*pending*: it is not in the cache, and the next `append` to the row writes it first. That saves
+the one forward pass per turn whose logits nobody would read.
+
+Programs. There are three jitted programs: prefill (`Decoder.extend` of a right-padded chunk at
+each row's offset; start, append and reset-row are all this one), decode (a `lax.while_loop` that
+samples, checks stops and extends by one token per step, with the cache donated so XLA updates
+it in place) and grow (copies the cache into more slots). Chunk lengths, cache slots and output
+buffers are bucketed to powers of two, so a long multi-turn run compiles a handful of programs;
+`compile_count()` reports how many. The programs are module-level functions jitted on static
+arguments (the model's graph definition, the buckets, the sampling mode), so new sessions over
+the same model reuse them.
+
+Log-probs. Each sampled token gets two: under the distribution it was drawn from (temperature,
+top-k, top-p applied; 0 for greedy, whose distribution is a point mass) and under the raw model
+at temperature 1, which is what GRPO needs as log pi_old.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from agemem_jax import sharding as shd
+from agemem_jax.models.qwen.model import Decoder, KVCache
+from agemem_jax.stop_strings import StopMatcher, token_bytes
+
+Array = jax.Array
+
+# Finish reasons, as stored on device: 0 means the row is still running.
+FINISH_REASONS = {1: "eos", 2: "stop", 3: "length"}
+_EOS, _STOP, _LENGTH = 1, 2, 3
+
+# Trace counts of the jitted programs. A trace happens exactly when jit compiles a new program,
+# so this is the compile count.
+_TRACES: collections.Counter[str] = collections.Counter()
+
+
+def compile_count() -> int:
+    """How many sampler programs this process has compiled so far."""
+    return sum(_TRACES.values())
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """Smallest power of two >= max(n, minimum)."""
+    n = max(int(n), int(minimum), 1)
+    return 1 << (n - 1).bit_length()
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How a token is drawn from the model's logits. temperature 0 = greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative int, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclasses.dataclass
+class Completion:
+    """One row's output of a decode turn.
+
+    `tokens` are the generated ids, including the EOS or the token that completed a stop string.
+    `logprobs` are under the sampling distribution (0 for greedy), `model_logprobs` under the raw
+    model at temperature 1 (log pi_old for GRPO). `text` decodes `tokens` without a final EOS.
+    """
+
+    tokens: list[int]
+    text: str | None
+    logprobs: list[float]
+    model_logprobs: list[float]
+    finish_reason: str  # "eos" | "stop" | "length"
+    stop_sequence: str | None = None
+
+
+# ---------------------------------------------------------------------------- token selection
+def select_tokens(
+    logits: Array,
+    keys: Array,
+    temperature: Array,
+    top_p: Array,
+    *,
+    greedy: bool,
+    top_k: int,
+    use_top_p: bool,
+) -> tuple[Array, Array, Array]:
+    """Draw one token per row. logits [B, V]; keys [B] (one PRNG key per row).
+
+    Returns (tokens, log-prob under the sampling distribution, log-prob under the raw model).
+    Top-p sorts the vocabulary, so it is only compiled in when asked for.
+    """
+    logits = logits.astype(jnp.float32)
+    raw_lse = jax.nn.logsumexp(logits, axis=-1)
+    if greedy:
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        raw = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+        return tokens, jnp.zeros_like(raw), raw - raw_lse
+    x = logits / temperature
+    neg_inf = jnp.float32(-jnp.inf)
+    if top_k:
+        kth = jax.lax.top_k(x, top_k)[0][:, -1:]
+        x = jnp.where(x < kth, neg_inf, x)
+    if use_top_p:
+        desc = -jnp.sort(-x, axis=-1)
+        probs = jax.nn.softmax(desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        n_keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
+        threshold = jnp.take_along_axis(desc, n_keep - 1, axis=-1)
+        x = jnp.where(x < threshold, neg_inf, x)
+    tokens = jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
+    picked = jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
+    raw = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+    return tokens, picked - jax.nn.logsumexp(x, axis=-1), raw - raw_lse
+
+
+# ---------------------------------------------------------------------------- programs
+def _constrain(x: Array, axes: tuple, layout) -> Array:
+    """Pin an output's sharding so the next call sees the same input layout (no recompile)."""
+    if layout is None:
+        return x
+    mesh, rules = layout
+    return jax.lax.with_sharding_constraint(x, shd.named_sharding(axes, mesh, rules, x.shape))
+
+
+def _cache_axes(cache: KVCache) -> tuple:
+    axes = ("batch", "kv_heads", None, None)
+    return axes if isinstance(cache.k, tuple) else (None, *axes)
+
+
+def _constrain_cache(cache: KVCache, layout) -> KVCache:
+    axes = _cache_axes(cache)
+    return jax.tree.map(lambda a: _constrain(a, axes, layout), cache)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layout"), donate_argnames=("cache",))
+def _prefill(graphdef, params, cache, index, last_hidden, ids, lens, reset, *, layout):
+    """Write `ids[b, :lens[b]]` at each row's offset (0 for `reset` rows).
+
+    Returns the cache, the new offsets and, for rows with a non-empty chunk, the final hidden
+    state of their last token (the one whose logits the next decode samples from).
+    """
+    _TRACES["prefill"] += 1
+    model = nnx.merge(graphdef, params)
+    index = jnp.where(reset, 0, index)
+    hidden, cache = model.extend(ids, cache, index)
+    last = jnp.take_along_axis(hidden, jnp.maximum(lens - 1, 0)[:, None, None], axis=1)[:, 0]
+    last_hidden = jnp.where((lens > 0)[:, None], last.astype(last_hidden.dtype), last_hidden)
+    return (
+        _constrain_cache(cache, layout),
+        _constrain(index + lens, ("batch",), layout),
+        _constrain(last_hidden, ("batch", None), layout),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("slots", "layout"))
+def _grow(cache, *, slots, layout):
+    _TRACES["grow"] += 1
+
+    def pad(a: Array, axis: int) -> Array:
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, slots - a.shape[axis])
+        return jnp.pad(a, widths)
+
+    # Keys keep slots last, values second to last (see KVCache).
+    k = jax.tree.map(lambda a: pad(a, -1), cache.k)
+    v = jax.tree.map(lambda a: pad(a, -2), cache.v)
+    return _constrain_cache(KVCache(k, v), layout)
+
+
+class _Turn(NamedTuple):
+    """State of one decode turn, carried through the loop and across cache growth."""
+
+    step: Array  # tokens sampled so far = the output column written next
+    index: Array  # [B] committed tokens
+    last: Array  # [B] the token sampled last, not yet in the cache
+    done: Array  # [B]; rows that do not take part start done
+    finish: Array  # [B] a FINISH_REASONS key, 0 while running
+    which: Array  # [B] index of the stop string that matched, -1 if none
+    stop_state: Array  # [B] stop-string automaton state
+    n_gen: Array  # [B]
+    draws: Array  # [B] tokens drawn over the session's life: the per-row PRNG counter
+    tokens: Array  # [B, n_out]
+    logp: Array  # [B, n_out] under the sampling distribution
+    model_logp: Array  # [B, n_out] under the raw model
+
+    @classmethod
+    def begin(cls, active: np.ndarray, index, draws, n_out: int, place) -> _Turn:
+        b = len(active)
+        zeros = np.zeros(b, np.int32)
+        return cls(
+            step=jnp.int32(0),
+            index=index,
+            last=place(zeros, ("batch",)),
+            done=place(~active, ("batch",)),
+            finish=place(zeros, ("batch",)),
+            which=place(zeros - 1, ("batch",)),
+            stop_state=place(zeros, ("batch",)),
+            n_gen=place(zeros, ("batch",)),
+            draws=draws,
+            tokens=place(np.full((b, n_out), -1, np.int32), ("batch", None)),
+            logp=place(np.zeros((b, n_out), np.float32), ("batch", None)),
+            model_logp=place(np.zeros((b, n_out), np.float32), ("batch", None)),
+        )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "greedy", "top_k", "use_top_p", "layout"),
+    donate_argnames=("cache", "turn"),
+)
+def _decode(
+    graphdef,
+    params,
+    cache,
+    turn,
+    last_hidden,
+    limit,
+    key,
+    temperature,
+    top_p,
+    eos_ids,
+    stop_table,
+    *,
+    greedy,
+    top_k,
+    use_top_p,
+    layout,
+):
+    """Decode until every row has stopped, or a running row has filled the cache.
+
+    A turn starts by sampling from the prefilled rows' logits (`last_hidden`). Each loop step
+    then feeds the tokens sampled last through the model, which commits them to the cache of
+    the rows still running, samples the next ones, records them and checks for EOS, stop
+    strings and `limit`. Finished rows stop advancing: their forward passes write past their
+    length, where nothing reads. When a running row reaches the last slot the program returns;
+    the session grows the cache and calls it again with the same `turn`, so the cache (and
+    the attention over it) only ever spans what the rows have actually used.
+    """
+    _TRACES["decode"] += 1
+    model = nnx.merge(graphdef, params)
+    rows = jnp.arange(turn.index.shape[0])
+    q_pad = stop_table.shape[1]
+
+    def sample_and_record(c: _Turn, logits: Array) -> _Turn:
+        keys = jax.vmap(lambda r, n: jax.random.fold_in(jax.random.fold_in(key, r), n))(
+            rows, c.draws
+        )
+        tok, lp, mlp = select_tokens(
+            logits, keys, temperature, top_p, greedy=greedy, top_k=top_k, use_top_p=use_top_p
+        )
+        running = ~c.done
+        tok = jnp.where(running, tok, 0)
+        n_gen = c.n_gen + running
+        code = stop_table[tok, c.stop_state]
+        matched = code // q_pad
+        reason = jnp.where(
+            jnp.isin(tok, eos_ids),
+            _EOS,
+            jnp.where(matched > 0, _STOP, jnp.where(n_gen >= limit, _LENGTH, 0)),
+        )
+        ended = running & (reason > 0)
+        col = lambda buf, v: jax.lax.dynamic_update_slice(buf, v[:, None], (0, c.step))
+        return c._replace(
+            step=c.step + 1,
+            last=jnp.where(running, tok, c.last),
+            done=c.done | ended,
+            finish=jnp.where(ended, reason, c.finish),
+            which=jnp.where(ended & (reason == _STOP), matched - 1, c.which),
+            stop_state=jnp.where(running, code % q_pad, c.stop_state),
+            n_gen=n_gen,
+            draws=c.draws + running,
+            tokens=col(c.tokens, jnp.where(running, tok, -1)),
+            logp=col(c.logp, jnp.where(running, lp, 0.0)),
+            model_logp=col(c.model_logp, jnp.where(running, mlp, 0.0)),
+        )
+
+    def body(carry):
+        c, cache = carry
+        # The tokens sampled last enter the cache of every row still running.
+        hidden, cache = model.extend(c.last[:, None], cache, c.index)
+        c = c._replace(index=c.index + ~c.done)
+        return sample_and_record(c, model.logits(hidden[:, 0])), _constrain_cache(cache, layout)
+
+    def more(carry):
+        c, cache = carry
+        room = jnp.all(c.done | (c.index < cache.slots))
+        return (c.step < c.tokens.shape[1]) & ~jnp.all(c.done) & room
+
+    first = lambda c: sample_and_record(c, model.logits(last_hidden))
+    turn = jax.lax.cond(turn.step == 0, first, lambda c: c, turn)
+    turn, cache = jax.lax.while_loop(more, body, (turn, cache))
+    turn = turn._replace(index=_constrain(turn.index, ("batch",), layout))
+    return _constrain_cache(cache, layout), turn
+
+
+# ---------------------------------------------------------------------------- session
+_TOKEN_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stop_matcher(tokenizer, stops: tuple[str, ...], vocab_size: int) -> StopMatcher:
+    """Stop tables are cached per tokenizer: building one walks the whole vocabulary."""
+    if tokenizer is None:
+        raise ValueError("stop strings need a tokenizer (pass one, or use eos_ids only)")
+    per_tok = _TOKEN_BYTES.setdefault(tokenizer, {})
+    if ("bytes", vocab_size) not in per_tok:
+        per_tok[("bytes", vocab_size)] = token_bytes(tokenizer, vocab_size)
+    if (stops, vocab_size) not in per_tok:
+        per_tok[(stops, vocab_size)] = StopMatcher(stops, per_tok[("bytes", vocab_size)])
+    return per_tok[(stops, vocab_size)]
+
+
+def default_eos_ids(tokenizer, model: Decoder) -> tuple[int, ...]:
+    """Ids that end an assistant turn: the tokenizer's EOS, `<|im_end|>` and the config's EOS."""
+    ids: set[int] = set()
+    cfg_eos = model.cfg.eos_token_id
+    ids.update([cfg_eos] if isinstance(cfg_eos, int) else (cfg_eos or []))
+    if tokenizer is not None:
+        if tokenizer.eos_token_id is not None:
+            ids.add(int(tokenizer.eos_token_id))
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+            ids.add(im_end)
+    return tuple(sorted(ids))
+
+
+class SamplerSession:
+    """A fixed batch of rows with KV caches, decoded turn by turn.
+
+    Args:
+      model: the `Decoder`. Its weights are read again at every `start()`, so one session can
+        serve a whole training run.
+      tokenizer: HF tokenizer, used for string prompts, stop strings and `Completion.text`.
+        May be None when prompts are ids and only `eos_ids` end rows.
+      batch_size: number of rows. On a mesh it is padded up to a multiple of the batch shards.
+      max_len: longest context a row may reach (prompt + all turns); default the model's
+        `max_position_embeddings`.
+      stop: stop strings matched on the generated text (see `agemem_jax.stop_strings`).
+      eos_ids: token ids that end a row; default `default_eos_ids`.
+      seed: PRNG seed. A row's draws depend only on the seed, its row index and how many tokens
+        it has drawn, so a run is reproducible whatever the other rows do.
+      mesh, rules: with a mesh, rows are sharded over the `batch` rule and weights by `rules`.
+      min_slots: smallest cache bucket.
+      prefill_chunk: longest chunk prefilled in one program call; longer prompts are prefilled
+        in pieces, which bounds the attention scores' memory at B x heads x chunk x slots.
+    """
+
+    def __init__(
+        self,
+        model: Decoder,
+        tokenizer=None,
+        batch_size: int = 1,
+        *,
+        max_len: int | None = None,
+        stop: Sequence[str] = (),
+        eos_ids: Sequence[int] | None = None,
+        seed: int = 0,
+        mesh: jax.sharding.Mesh | None = None,
+        rules: shd.Rules | str = "sample",
+        min_slots: int = 64,
+        prefill_chunk: int = 512,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = model.cfg
+        self.max_len = int(max_len or self.cfg.max_position_embeddings)
+        self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        self.eos_ids = tuple(default_eos_ids(tokenizer, model) if eos_ids is None else eos_ids)
+        self.mesh = mesh
+        self.rules = shd.rules_from(rules)
+        self.layout = None if mesh is None else (mesh, self.rules)
+        self.min_slots = min_slots
+        self.prefill_chunk = bucket(prefill_chunk)
+        shards = 1
+        if mesh is not None:
+            spec = shd.logical_spec(("batch",), self.rules)[0]
+            for ax in (spec,) if isinstance(spec, str) else spec or ():
+                shards *= mesh.shape[ax]
+        self.num_rows = batch_size
+        self.batch_size = -(-batch_size // shards) * shards
+        self._key = jax.random.key(seed)
+        self._graphdef, self._params = None, None
+        self._cache: KVCache | None = None
+        self._reset_state()
+
+    # ------------------------------------------------------------------ placement helpers
+    def _place(self, x, axes: tuple):
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, shd.named_sharding(axes, self.mesh, self.rules, np.shape(x)))
+
+    def _load_weights(self):
+        graphdef, params = nnx.split(self.model)
+        if self.mesh is not None:
+            shardings = shd.state_shardings(params, self.mesh, self.rules)
+            params = jax.tree.map(
+                lambda v, s: v.replace(jax.device_put(v.value, s.value)),
+                params,
+                shardings,
+                is_leaf=lambda x: isinstance(x, nnx.Variable),
+            )
+        self._graphdef, self._params = graphdef, params
+
+    def _reset_state(self):
+        b = self.batch_size
+        self._index = self._place(np.zeros(b, np.int32), ("batch",))
+        self._last_hidden = self._place(
+            np.zeros((b, self.cfg.hidden_size), self.cfg.dtype), ("batch", None)
+        )
+        self._draws = self._place(np.zeros(b, np.int32), ("batch",))
+        self._lengths = np.zeros(b, np.int64)  # committed tokens per row (host mirror of index)
+        self._pending: list[int | None] = [None] * b
+        self._ready = np.zeros(b, bool)
+
+    def _ensure_slots(self, need: int):
+        if need > self.max_len:
+            raise ValueError(f"a row would reach {need} tokens, over max_len={self.max_len}")
+        slots = min(bucket(need, self.min_slots), max(self.max_len, need))
+        if self._cache is None:
+            cache = KVCache.zeros(self.cfg, self.batch_size, slots)
+            axes = _cache_axes(cache)
+            self._cache = jax.tree.map(lambda a: self._place(a, axes), cache)
+        elif self._cache.slots < need:
+            self._cache = _grow(self._cache, slots=slots, layout=self.layout)
+
+    # ------------------------------------------------------------------ input handling
+    def encode(self, prompt) -> list[int]:
+        """A prompt as ids: a str (encoded as is), chat messages (ChatML), or ids."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("string prompts need a tokenizer")
+            return list(self.tokenizer.encode(prompt, add_special_tokens=False))
+        prompt = list(prompt)
+        if prompt and isinstance(prompt[0], Mapping):
+            if self.tokenizer is None:
+                raise ValueError("chat prompts need a tokenizer")
+            from agemem_jax.chat import ChatFormat
+
+            return ChatFormat(self.tokenizer).conversation(prompt)
+        ids = [int(i) for i in np.asarray(prompt, np.int64).reshape(-1)]
+        bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside [0, {self.cfg.vocab_size})")
+        return ids
+
+    def _row(self, row: int) -> int:
+        if not 0 <= int(row) < self.num_rows:
+            raise IndexError(f"row {row} is outside [0, {self.num_rows})")
+        return int(row)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens in each row's context, including a pending last token."""
+        pending = np.array([p is not None for p in self._pending[: self.num_rows]])
+        return self._lengths[: self.num_rows] + pending
+
+    @property
+    def ready(self) -> np.ndarray:
+        """Rows that can decode now (their last operation prefilled tokens)."""
+        return self._ready[: self.num_rows].copy()
+
+    def start(self, prompts: Sequence) -> None:
+        """Reset every row and prefill `prompts` (at most `batch_size`; extra rows stay empty)."""
+        if len(prompts) == 0 or len(prompts) > self.num_rows:
+            raise ValueError(f"start() needs 1..{self.num_rows} prompts, got {len(prompts)}")
+        self._load_weights()
+        chunks: list[list[int] | None] = [None] * self.batch_size
+        for i, p in enumerate(prompts):
+            chunks[i] = self.encode(p)
+            if not chunks[i]:
+                raise ValueError(f"prompt {i} is empty")
+        self._reset_state()
+        self._cache = None  # reallocated to fit the new prompts, however long the last run was
+        self._prefill(chunks, reset=np.ones(self.batch_size, bool))
+
+    def append(self, chunks: Mapping[int, Sequence[int]] | Sequence[Sequence[int] | None]):
+        """Append token ids to some rows (tool observations, the next user message) in one call.
+
+        `chunks` maps a row to its ids, or lists one entry per row (None = leave the row alone).
+        A row's pending token from the last turn is written first; an empty chunk just commits
+        it, which is how a row that hit its token limit continues.
+        """
+        if not isinstance(chunks, Mapping):
+            if len(chunks) > self.num_rows:
+                raise ValueError(f"{len(chunks)} chunks for {self.num_rows} rows")
+            chunks = {i: c for i, c in enumerate(chunks) if c is not None}
+        todo: list[list[int] | None] = [None] * self.batch_size
+        for row, ids in chunks.items():
+            row = self._row(row)
+            ids = self.encode(ids) if len(ids) else []
+            pending = self._pending[row]
+            todo[row] = ([pending] if pending is not None else []) + ids
+            if self._lengths[row] + len(todo[row]) == 0:
+                raise ValueError(f"row {row} is empty; use start() or reset_row() first")
+        self._prefill(todo, reset=np.zeros(self.batch_size, bool))
+
+    def reset_row(self, row: int, prompt) -> None:
+        """Replace one row's whole context (after Filter/Summary/stage reset) and prefill it."""
+        row = self._row(row)
+        ids = self.encode(prompt)
+        if not ids:
+            raise ValueError("reset_row needs a non-empty prompt")
+        todo: list[list[int] | None] = [None] * self.batch_size
+        todo[row] = ids
+        reset = np.zeros(self.batch_size, bool)
+        reset[row] = True
+        self._pending[row] = None
+        self._lengths[row] = 0
+        self._prefill(todo, reset=reset)
+
+    def next_logits(self) -> np.ndarray:
+        """Logits [rows, vocab] of the next token for every ready row (others are NaN)."""
+        if self._params is None:
+            raise ValueError("nothing prefilled yet; call start() first")
+        model = nnx.merge(self._graphdef, self._params)
+        logits = np.array(model.logits(self._last_hidden), np.float32)[: self.num_rows]
+        logits[~self._ready[: self.num_rows]] = np.nan
+        return logits
+
+    def decode(
+        self,
+        max_new_tokens: int,
+        sampling: SamplingParams | None = None,
+        *,
+        rows: Sequence[int] | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[Completion | None]:
+        """Generate for `rows` (default: every ready row) until each stops or hits the limit.
+
+        Returns one entry per row: a Completion, or None for rows that did not take part.
+        `stop` overrides the session's stop strings for this turn.
+        """
+        sampling = sampling or SamplingParams()
+        if int(max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if rows is None:
+            rows = [r for r in range(self.num_rows) if self._ready[r]]
+        rows = sorted({self._row(r) for r in rows})
+        not_ready = [r for r in rows if not self._ready[r]]
+        if not rows or not_ready:
+            raise ValueError(
+                f"rows {not_ready or rows} cannot decode: start(), append() or reset_row() first"
+            )
+        active = np.zeros(self.batch_size, bool)
+        active[rows] = True
+        room = self.max_len - self._lengths
+        limit = np.where(active, np.minimum(int(max_new_tokens), room), 0).astype(np.int32)
+        if (limit[rows] < 1).any():
+            full = [r for r in rows if limit[r] < 1]
+            raise ValueError(f"rows {full} are at max_len={self.max_len}; nothing to generate")
+        stops = self.stop if stop is None else ((stop,) if isinstance(stop, str) else tuple(stop))
+        if stops:
+            table = _stop_matcher(self.tokenizer, stops, self.cfg.vocab_size).table
+        else:
+            table = np.zeros((self.cfg.vocab_size, 1), np.int32)
+        eos = jnp.asarray(np.asarray(self.eos_ids or (-1,), np.int32))
+        turn = _Turn.begin(
+            active, self._index, self._draws, bucket(int(limit.max()), 128), self._place
+        )
+        args = (
+            self._place(limit, ("batch",)),
+            self._key,
+            jnp.float32(sampling.temperature or 1.0),
+            jnp.float32(sampling.top_p),
+            eos,
+            jnp.asarray(table),
+        )
+        static = dict(
+            greedy=sampling.greedy,
+            top_k=int(sampling.top_k),
+            use_top_p=sampling.top_p < 1.0,
+            layout=self.layout,
+        )
+        lengths, running = self._lengths.copy(), active.copy()
+        while True:
+            # The cache grows only when a running row needs the next slot.
+            self._ensure_slots(int(lengths[running].max()) + 1)
+            self._cache, turn = _decode(
+                self._graphdef, self._params, self._cache, turn, self._last_hidden, *args, **static
+            )
+            step, done, index = jax.device_get((turn.step, turn.done, turn.index))
+            lengths, running = index.astype(np.int64), ~done
+            if not running.any() or step >= turn.tokens.shape[1]:
+                break
+        self._index, self._draws = turn.index, turn.draws
+        self._lengths = lengths
+        host = jax.device_get(
+            dict(n_gen=turn.n_gen, tokens=turn.tokens, logp=turn.logp,
+                 model_logp=turn.model_logp, finish=turn.finish, which=turn.which)
+        )  # fmt: skip
+
+        results: list[Completion | None] = [None] * self.num_rows
+        for r in rows:
+            n = int(host["n_gen"][r])
+            tokens = host["tokens"][r, :n].tolist()
+            reason = FINISH_REASONS[int(host["finish"][r])]
+            which = int(host["which"][r])
+            self._pending[r] = tokens[-1]
+            self._ready[r] = False
+            results[r] = Completion(
+                tokens=tokens,
+                text=self._text(tokens, reason),
+                logprobs=host["logp"][r, :n].tolist(),
+                model_logprobs=host["model_logp"][r, :n].tolist(),
+                finish_reason=reason,
+                stop_sequence=stops[which] if reason == "stop" else None,
+            )
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _text(self, tokens: list[int], reason: str) -> str | None:
+        if self.tokenizer is None:
+            return None
+        if reason == "eos":
+            tokens = tokens[:-1]
+        return self.tokenizer.decode(tokens, skip_special_tokens=False)
+
+    def _prefill(self, chunks: list[list[int] | None], reset: np.ndarray):
+        lens = np.array([len(c) if c is not None else 0 for c in chunks], np.int64)
+        base = np.where(reset, 0, self._lengths)
+        if lens.max() == 0:
+            return
+        self._ensure_slots(int((base + lens).max()))
+        if self._params is None:
+            self._load_weights()
+        step = self.prefill_chunk
+        for start in range(0, int(lens.max()), step):
+            piece = np.clip(lens - start, 0, step)
+            width = bucket(int(piece.max()), 32)
+            ids = np.zeros((self.batch_size, width), np.int32)
+            for r, c in enumerate(chunks):
+                if piece[r]:
+                    ids[r, : piece[r]] = c[start : start + piece[r]]
+            self._cache, self._index, self._last_hidden = _prefill(
+                self._graphdef,
+                self._params,
+                self._cache,
+                self._index,
+                self._last_hidden,
+                self._place(ids, ("batch", None)),
+                self._place(piece.astype(np.int32), ("batch",)),
+                self._place(reset & (start == 0), ("batch",)),
+                layout=self.layout,
+            )
+        self._lengths = base + lens
+        for r in np.nonzero(lens)[0]:
+            self._pending[r] = None
+            self._ready[r] = True
+
+    def describe(self) -> dict[str, Any]:
+        """Shapes in use, for logs."""
+        return dict(
+            batch_size=self.batch_size,
+            slots=None if self._cache is None else self._cache.slots,
+            lengths=self.lengths.tolist(),
+            compiles=compile_count(),
+        )
