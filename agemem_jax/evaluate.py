@@ -88,6 +88,9 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
         specs = specs[: config.data.limit]
     trajectories = []
     batch = max(1, int(config.eval.batch_tasks))
+    cap = getattr(envs.env_class(config.bench), "max_concurrent", None)
+    if cap is not None:  # e.g. one JVM per open ScienceWorld episode, from a bounded pool
+        batch = min(batch, cap())
     bar = tqdm(total=len(specs), desc=f"{config.bench} {policy.name}", disable=not progress)
     for i in range(0, len(specs), batch):
         trajectories += runner.run(specs[i : i + batch], policy, seed=config.seed)

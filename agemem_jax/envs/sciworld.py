@@ -108,6 +108,11 @@ class SciWorldEnv(TextEnv):
     metric: ClassVar[str] = "success_rate"
     empty_action_message: ClassVar[str] = NO_MATCH
 
+    @classmethod
+    def max_concurrent(cls) -> int:
+        """Episodes that may be open at once: each holds one JVM of the bounded pool."""
+        return POOL.max_jvms
+
     def __init__(
         self,
         task_name: str,
