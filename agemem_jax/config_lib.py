@@ -128,3 +128,28 @@ def grpo_config() -> mlc.ConfigDict:
     c.sft.steps = 0
     c.sft.rows_per_step = 32
     return c
+
+
+def env_eval_config(bench: str, env: dict, preset: str | None) -> mlc.ConfigDict:
+    """Evaluation on an interactive benchmark (`configs/eval/<bench>.py`).
+
+    Presets: oracle (the benchmark's expert through our protocol), random (the robustness
+    floor), smollm2_cpu (the embedded model on 3 tasks).
+    """
+    c = base_config()
+    c.bench = bench
+    c.env.update(env)
+    c.data.limit = 10
+    c.memory.prompt_style = "compact"
+    c.episode.max_actions_per_turn = 2  # memory turns allowed before each environment action
+    preset = preset or "oracle"
+    if preset in ("oracle", "random"):
+        c.policy = preset
+        c.encoder = "hash" if preset == "random" else "minilm"
+    elif preset == "smollm2_cpu":
+        c.policy = "model"
+        c.data.limit = 3
+        c.sampling.max_new_tokens = 64
+    else:
+        raise ValueError(f"unknown preset {preset!r}: oracle, random, smollm2_cpu")
+    return c

@@ -19,7 +19,7 @@ import numpy as np
 
 from agemem_jax import envs as envs_lib
 from agemem_jax import tools as T
-from agemem_jax.episodes import FORMAT_ERROR_CODES
+from agemem_jax.episodes import FORMAT_ERROR_CODES, step_env
 from agemem_jax.memory_env import MemoryEnv
 from agemem_jax.policies import Action, AgentView
 from agemem_jax.protocol import format_turn
@@ -125,15 +125,8 @@ class EnvEpisodeRunner:
         )  # fmt: skip
 
     def _apply(self, t: EnvTrajectory, view: AgentView, action: Action, tool_turns: int) -> int:
-        if action.token_ids is not None:
-            ids = np.asarray(action.token_ids, np.int32)
-        else:
-            ids = np.asarray(t.memory.chat.encode(action.text), np.int32)
-            if self.stop_id is not None:
-                ids = np.append(ids, np.int32(self.stop_id))
-        n_records = len(t.memory.stats.records)
-        result = t.memory.step(ids, action.text)
-        codes = [r.code for r in t.memory.stats.records[n_records:]]
+        _, result, records = step_env(t.memory, action, self.stop_id)
+        codes = [r.code for r in records]
         env_action = result.answer
         if env_action is None:
             tool_turns += 1

@@ -327,15 +327,7 @@ class EpisodeRunner:
         )
 
     def _apply(self, r: _Rollout, view: AgentView, action: Action, stage: int, turn: int) -> None:
-        if action.token_ids is not None:
-            ids = np.asarray(action.token_ids, np.int32)
-        else:
-            ids = np.asarray(r.env.chat.encode(action.text), np.int32)
-            if self.stop_id is not None:
-                ids = np.append(ids, np.int32(self.stop_id))
-        n_records = len(r.env.stats.records)
-        result = r.env.step(ids, action.text)
-        records = r.env.stats.records[n_records:]
+        ids, result, records = step_env(r.env, action, self.stop_id)
         calls = []
         for call, obs, rec in zip(
             result.turn.tool_calls, result.observations, records, strict=False
@@ -365,6 +357,23 @@ class EpisodeRunner:
                 r.traj.answer = result.answer
                 r.traj.answer_context_tokens = view.context_tokens
                 r.traj.answer_context_text = r.traj.context_text()
+
+
+def step_env(env: MemoryEnv, action: Action, stop_id: int | None):
+    """Run one action in the memory environment: (action ids, StepResult, its call records).
+
+    A text-only action (scripted, random, oracle) is tokenized here as the tokenizer would, and
+    ends with `stop_id` as a sampled turn would; a model action keeps its sampled ids.
+    """
+    if action.token_ids is not None:
+        ids = np.asarray(action.token_ids, np.int32)
+    else:
+        ids = np.asarray(env.chat.encode(action.text), np.int32)
+        if stop_id is not None:
+            ids = np.append(ids, np.int32(stop_id))
+    n_records = len(env.stats.records)
+    result = env.step(ids, action.text)
+    return ids, result, env.stats.records[n_records:]
 
 
 def score(

@@ -233,7 +233,7 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
         mesh=tuple(config.mesh.shape),
         rules=config.mesh.train_rules,
     )
-    writer = MetricsWriter(workdir, "sft_metrics.jsonl")
+    writer = MetricsWriter(workdir, "sft_metrics.jsonl", tensorboard=False)
     rng = np.random.default_rng(config.seed)
     per_step = config.sft.rows_per_step
     history = []
