@@ -227,7 +227,7 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     trainer = Trainer(
         model,
         loss={"kl_beta": 0.0},
-        optim=config.optim,
+        optim={**config.optim.to_dict(), "learning_rate": config.sft.learning_rate},
         packing=config.packing,
         update=config.trainer,
         mesh=tuple(config.mesh.shape),

@@ -302,14 +302,8 @@ class Attention(nnx.Module):
         rows = jnp.arange(x.shape[0])[:, None]
         # Both index expressions address [B, T, KV, D], the layout k and v come in.
         # mode="drop": padding tokens past the cache end are discarded, never wrapped or clamped.
-        # Every (row, slot) is written once, which lets XLA emit a plain loop for the scatter.
-        hints = (
-            dict(mode="drop", indices_are_sorted=True, unique_indices=True)
-            if __import__("os").environ.get("HINTS")
-            else dict(mode="drop")
-        )
-        k_cache = k_cache.at[rows, :, :, slots].set(k.astype(k_cache.dtype), **hints)
-        v_cache = v_cache.at[rows, :, slots].set(v.astype(v_cache.dtype), **hints)
+        k_cache = k_cache.at[rows, :, :, slots].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[rows, :, slots].set(v.astype(v_cache.dtype), mode="drop")
         return self._attend_cached(q, k_cache, v_cache, mask), k_cache, v_cache
 
 
