@@ -16,11 +16,17 @@ the one forward pass per turn whose logits nobody would read.
 Programs. There are three jitted programs: prefill (`Decoder.extend` of a right-padded chunk at
 each row's offset; start, append and reset-row are all this one), decode (a `lax.while_loop` that
 samples, checks stops and extends by one token per step, with the cache donated so XLA updates
-it in place) and grow (copies the cache into more slots). Chunk lengths, cache slots and output
-buffers are bucketed to powers of two, so a long multi-turn run compiles a handful of programs;
-`compile_count()` reports how many. The programs are module-level functions jitted on static
-arguments (the model's graph definition, the buckets, the sampling mode), so new sessions over
-the same model reuse them.
+it in place) and grow (copies the cache into more slots). Decoding never reserves room for
+`max_new_tokens` up front: it returns when a running row fills the cache, the session grows the
+cache and resumes the same turn. Attention reads every slot, so the cache stays as small as the
+rows' actual contexts allow (an RL turn may allow 2048 tokens and stop after 100). Chunk lengths,
+cache slots and output buffers are bucketed to powers of two, so a long multi-turn run compiles
+a handful of programs; `compile_count()` reports how many. The programs are module-level
+functions jitted on static arguments (the model's graph definition, the sampling mode), so new
+sessions over the same model reuse them.
+
+Stops. EOS ids are compared per token; stop strings are matched on the generated text by the
+automaton of `agemem_jax.stop_strings`, so they fire however the tokenizer split or merged them.
 
 Log-probs. Each sampled token gets two: under the distribution it was drawn from (temperature,
 top-k, top-p applied; 0 for greedy, whose distribution is a point mass) and under the raw model
@@ -51,8 +57,8 @@ Array = jax.Array
 FINISH_REASONS = {1: "eos", 2: "stop", 3: "length"}
 _EOS, _STOP, _LENGTH = 1, 2, 3
 
-# Trace counts of the jitted programs. A trace happens exactly when jit compiles a new program,
-# so this is the compile count.
+# Trace counts of the jitted programs. jit traces a function when it meets new shapes or static
+# arguments, which is exactly when it compiles, so this is the compile count.
 _TRACES: collections.Counter[str] = collections.Counter()
 
 
@@ -106,6 +112,50 @@ class Completion:
 
 
 # ---------------------------------------------------------------------------- token selection
+# Sampling is inverse-CDF over blocks of the vocabulary: one uniform number per row instead of a
+# Gumbel draw per vocabulary entry (which cost more than the LM head on CPU), and no sort.
+_BLOCK = 256
+
+
+def _largest_threshold(w: Array, ok) -> Array:
+    """Per row, the largest t in [0, 1] with ok(t) true (ok: [B, 1] -> [B], true for small t
+    and monotone). Bisection on the bit patterns of non-negative f32, so it is exact."""
+    lo = jnp.zeros(w.shape[:1], jnp.int32)  # ok(0) holds
+    hi = jnp.full(w.shape[:1], jax.lax.bitcast_convert_type(jnp.float32(1), jnp.int32) + 1)
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        good = ok(jax.lax.bitcast_convert_type(mid, jnp.float32)[:, None])
+        return jnp.where(good, mid, lo), jnp.where(good, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 31, step, (lo, hi))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)[:, None]
+
+
+def _draw(keys: Array, weights: Array) -> Array:
+    """One index per row with probability proportional to `weights` [B, V] (>= 0, one > 0)."""
+    b, v = weights.shape
+    n_blocks = -(-v // _BLOCK)
+    w = jnp.pad(weights, ((0, 0), (0, n_blocks * _BLOCK - v))).reshape(b, n_blocks, _BLOCK)
+    block_mass = w.sum(-1)
+    cum = jnp.cumsum(block_mass, axis=-1)
+    u = jax.vmap(jax.random.uniform)(keys)
+    target = u * cum[:, -1]
+
+    def first_above(c: Array, t: Array, mass: Array) -> Array:
+        # First entry whose cumulative mass exceeds t. Rounding can push t past the end; then
+        # take the last entry with mass, so a zero-probability entry is never picked.
+        last = mass.shape[-1] - 1 - jnp.argmax(jnp.flip(mass > 0, -1), axis=-1)
+        return jnp.minimum(jnp.sum(c <= t[:, None], axis=-1), last)
+
+    j = first_above(cum, target, block_mass)
+    inside = jnp.take_along_axis(w, j[:, None, None], axis=1)[:, 0]
+    before = jnp.take_along_axis(cum - block_mass, j[:, None], axis=1)[:, 0]
+    k = first_above(jnp.cumsum(inside, -1), jnp.maximum(target - before, 0.0), inside)
+    return (j * _BLOCK + k).astype(jnp.int32)
+
+
 def select_tokens(
     logits: Array,
     keys: Array,
@@ -119,7 +169,8 @@ def select_tokens(
     """Draw one token per row. logits [B, V]; keys [B] (one PRNG key per row).
 
     Returns (tokens, log-prob under the sampling distribution, log-prob under the raw model).
-    Top-p sorts the vocabulary, so it is only compiled in when asked for.
+    Temperature, then top-k, then top-p (the smallest set of most likely tokens whose mass
+    reaches top_p), as transformers applies them; ties at a cut-off are all kept.
     """
     logits = logits.astype(jnp.float32)
     raw_lse = jax.nn.logsumexp(logits, axis=-1)
@@ -128,21 +179,19 @@ def select_tokens(
         raw = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
         return tokens, jnp.zeros_like(raw), raw - raw_lse
     x = logits / temperature
-    neg_inf = jnp.float32(-jnp.inf)
+    x = x - jnp.max(x, axis=-1, keepdims=True)
+    w = jnp.exp(x)  # unnormalized probabilities, max 1
     if top_k:
-        kth = jax.lax.top_k(x, top_k)[0][:, -1:]
-        x = jnp.where(x < kth, neg_inf, x)
+        count_ge = lambda t: jnp.sum(w >= t, axis=-1) >= top_k
+        w = jnp.where(w >= _largest_threshold(w, count_ge), w, 0.0)
     if use_top_p:
-        desc = -jnp.sort(-x, axis=-1)
-        probs = jax.nn.softmax(desc, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        n_keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
-        threshold = jnp.take_along_axis(desc, n_keep - 1, axis=-1)
-        x = jnp.where(x < threshold, neg_inf, x)
-    tokens = jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
+        need = top_p * jnp.sum(w, axis=-1)
+        mass_ge = lambda t: jnp.sum(jnp.where(w >= t, w, 0.0), axis=-1) >= need
+        w = jnp.where(w >= _largest_threshold(w, mass_ge), w, 0.0)
+    tokens = _draw(keys, w)
     picked = jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
     raw = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
-    return tokens, picked - jax.nn.logsumexp(x, axis=-1), raw - raw_lse
+    return tokens, picked - jnp.log(jnp.sum(w, axis=-1)), raw - raw_lse
 
 
 # ---------------------------------------------------------------------------- programs
@@ -329,15 +378,19 @@ def _decode(
 _TOKEN_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _stop_matcher(tokenizer, stops: tuple[str, ...], vocab_size: int) -> StopMatcher:
-    """Stop tables are cached per tokenizer: building one walks the whole vocabulary."""
+def _stop_table(tokenizer, stops: tuple[str, ...], vocab_size: int) -> Array:
+    """The decode loop's stop table on device, cached per tokenizer: building one walks the
+    whole vocabulary, and sending it costs a copy per turn."""
+    if not stops:
+        return jnp.zeros((vocab_size, 1), jnp.int32)  # one state, never matching
     if tokenizer is None:
         raise ValueError("stop strings need a tokenizer (pass one, or use eos_ids only)")
     per_tok = _TOKEN_BYTES.setdefault(tokenizer, {})
     if ("bytes", vocab_size) not in per_tok:
         per_tok[("bytes", vocab_size)] = token_bytes(tokenizer, vocab_size)
     if (stops, vocab_size) not in per_tok:
-        per_tok[(stops, vocab_size)] = StopMatcher(stops, per_tok[("bytes", vocab_size)])
+        matcher = StopMatcher(stops, per_tok[("bytes", vocab_size)])
+        per_tok[(stops, vocab_size)] = jnp.asarray(matcher.table)
     return per_tok[(stops, vocab_size)]
 
 
@@ -389,7 +442,7 @@ class SamplerSession:
         mesh: jax.sharding.Mesh | None = None,
         rules: shd.Rules | str = "sample",
         min_slots: int = 64,
-        prefill_chunk: int = 512,
+        prefill_chunk: int = 256,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -398,6 +451,8 @@ class SamplerSession:
         self.cfg = model.cfg
         self.max_len = int(max_len or self.cfg.max_position_embeddings)
         self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        if self.stop:
+            _stop_table(tokenizer, self.stop, self.cfg.vocab_size)  # bad stops fail here, once
         self.eos_ids = tuple(default_eos_ids(tokenizer, model) if eos_ids is None else eos_ids)
         self.mesh = mesh
         self.rules = shd.rules_from(rules)
@@ -414,6 +469,9 @@ class SamplerSession:
         self._key = jax.random.key(seed)
         self._graphdef, self._params = None, None
         self._cache: KVCache | None = None
+        # Per-row PRNG counters live as long as the session, so later batches never replay the
+        # random numbers of earlier ones.
+        self._draws = self._place(np.zeros(self.batch_size, np.int32), ("batch",))
         self._reset_state()
 
     # ------------------------------------------------------------------ placement helpers
@@ -440,7 +498,6 @@ class SamplerSession:
         self._last_hidden = self._place(
             np.zeros((b, self.cfg.hidden_size), self.cfg.dtype), ("batch", None)
         )
-        self._draws = self._place(np.zeros(b, np.int32), ("batch",))
         self._lengths = np.zeros(b, np.int64)  # committed tokens per row (host mirror of index)
         self._pending: list[int | None] = [None] * b
         self._ready = np.zeros(b, bool)
@@ -567,6 +624,10 @@ class SamplerSession:
         sampling = sampling or SamplingParams()
         if int(max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if sampling.top_k > self.cfg.vocab_size:
+            raise ValueError(
+                f"top_k={sampling.top_k} exceeds the vocabulary ({self.cfg.vocab_size})"
+            )
         if rows is None:
             rows = [r for r in range(self.num_rows) if self._ready[r]]
         rows = sorted({self._row(r) for r in rows})
@@ -583,10 +644,7 @@ class SamplerSession:
             full = [r for r in rows if limit[r] < 1]
             raise ValueError(f"rows {full} are at max_len={self.max_len}; nothing to generate")
         stops = self.stop if stop is None else ((stop,) if isinstance(stop, str) else tuple(stop))
-        if stops:
-            table = _stop_matcher(self.tokenizer, stops, self.cfg.vocab_size).table
-        else:
-            table = np.zeros((self.cfg.vocab_size, 1), np.int32)
+        table = _stop_table(self.tokenizer, stops, self.cfg.vocab_size)
         eos = jnp.asarray(np.asarray(self.eos_ids or (-1,), np.int32))
         turn = _Turn.begin(
             active, self._index, self._draws, bucket(int(limit.max()), 128), self._place
@@ -597,7 +655,7 @@ class SamplerSession:
             jnp.float32(sampling.temperature or 1.0),
             jnp.float32(sampling.top_p),
             eos,
-            jnp.asarray(table),
+            table,
         )
         static = dict(
             greedy=sampling.greedy,

@@ -191,6 +191,19 @@ def test_twenty_turns_compile_a_handful_and_stay_exact():
     np.testing.assert_allclose(session.next_logits(), want, atol=1e-4, rtol=0)
 
 
+def test_cache_grows_with_use_not_with_max_new_tokens():
+    """A turn allowed 1000 tokens that stops after a few never allocates 1000 slots."""
+    model = tiny_model()
+    prompt = [3, 4, 5, 6]
+    free = generate(model, None, [prompt], 8, eos_ids=(), min_slots=16)[0].tokens
+    eos = free[5]
+    session = SamplerSession(model, None, eos_ids=(eos,), min_slots=16)
+    session.start([prompt])
+    out = session.decode(1000)[0]
+    assert out.finish_reason == "eos" and out.tokens == free[: free.index(eos) + 1]
+    assert session.describe()["slots"] == 16
+
+
 # ----------------------------------------------------------------- stops
 STOP_PROMPTS = [
     # Induction-style prompts: the model continues the pattern, so the stop strings appear.
@@ -339,6 +352,23 @@ def test_rows_draw_independently_of_each_other():
     assert a[0].tokens == b[0].tokens and a[2].tokens == b[2].tokens
 
 
+def test_a_session_never_replays_its_random_numbers():
+    model = tiny_model()
+    prompts = [[3, 4, 5]] * 2
+    hot = SamplingParams(temperature=1.0)
+
+    def run(session):
+        session.start(prompts)
+        return [o.tokens for o in session.decode(12, hot)]
+
+    session = SamplerSession(model, None, batch_size=2, eos_ids=(), min_slots=16)
+    first, second = run(session), run(session)
+    assert first[0] != first[1]  # same prompt, different rows: independent draws
+    assert first != second  # a new batch in the same session draws fresh numbers
+    # A new session with the same seed replays the first batch exactly.
+    assert run(SamplerSession(model, None, batch_size=2, eos_ids=(), min_slots=16)) == first
+
+
 def test_select_tokens_greedy_and_logprobs():
     logits = jnp.asarray([[0.0, 2.0, 1.0], [3.0, -1.0, 3.5]])
     keys = jax.random.split(jax.random.key(0), 2)
@@ -430,6 +460,8 @@ def test_bad_input_is_one_clear_error():
         generate(model, tok, [[5]], 4, temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         generate(model, tok, [[5]], 4, top_p=0)
+    with pytest.raises(ValueError, match="exceeds the vocabulary"):
+        generate(model, tok, [[5]], 4, temperature=1.0, top_k=1000)
     with pytest.raises(ValueError, match="need a tokenizer"):
         generate(model, None, ["text"], 4)
     with pytest.raises(ValueError, match="stop strings need a tokenizer"):
