@@ -15,6 +15,11 @@ XLA uses its default pool on the same cores. Each side is warmed up once, then t
   achieved_gflops  useful model FLOPs per second of our sampler: 2 x matmul params per token
                    (layers and LM head) plus causal attention, prefill and decode
   roof_gflops      a jitted f32 [2048 x 2048] matmul measured in the same run
+  dot_floor_tok_s  tokens/s if a decode step cost nothing but its weight matmuls: the model's
+                   own dense dots (every layer's projections and the LM head, same weights,
+                   same layouts) jitted as one chain at this batch size
+  ceiling_ratio    dot_floor_tok_s / hf_tok_s: the best ratio any sampler built on XLA's CPU
+                   dots could reach on this machine
   compiles         sampler programs compiled for this batch size (warm-up included)
   greedy_equal     fraction of rows whose tokens equal HF's up to our first EOS (past it HF
                    is forced off EOS by min_new_tokens, so the two may differ)
@@ -92,6 +97,54 @@ def matmul_roof(n: int = 2048, repeats: int = 5) -> float:
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def dot_floor(model, batch: int, repeats: int = 5, steps: int = 10) -> float:
+    """Seconds per decode step spent in the weight matmuls alone (see `ceiling_ratio`).
+
+    Each layer's seven projections and the LM head run in the model's own einsum forms on
+    [batch, hidden] activations. Every output feeds the next input, so nothing is skipped or
+    reordered, and the chain streams all weights once per step, as decoding does.
+    """
+    cfg, dt = model.cfg, model.cfg.dtype
+    if cfg.scan_layers:
+        raise ValueError("dot_floor expects an unscanned model, as the sampler benchmark loads")
+    weights = [
+        (
+            blk.attn.q_proj.value,
+            blk.attn.k_proj.value,
+            blk.attn.v_proj.value,
+            blk.attn.o_proj.value,
+            blk.mlp.gate_proj.value,
+            blk.mlp.up_proj.value,
+            blk.mlp.down_proj.value,
+        )
+        for blk in model.layers
+    ]
+    head = model.embed.value if cfg.tie_word_embeddings else model.lm_head.value
+
+    @jax.jit
+    def step(x, weights, head):
+        for q, k, v, o, gate, up, down in weights:
+            qh = jnp.einsum("bd,dnh->bnh", x, q)
+            kh = jnp.einsum("bd,dnh->bnh", x, k)
+            vh = jnp.einsum("bd,dnh->bnh", x, v)
+            x = x + qh.reshape(x.shape[0], -1) @ o.reshape(-1, x.shape[1])
+            x = x + 1e-6 * (kh.sum((1, 2)) + vh.sum((1, 2)))[:, None]
+            x = x + (jax.nn.silu(x @ gate) * (x @ up)) @ down
+        logits = x @ head.T if cfg.tie_word_embeddings else x @ head
+        return logits.max(-1)
+
+    x = jnp.ones((batch, cfg.hidden_size), dt)
+    step(x, weights, head).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            out = step(x, weights, head)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - t) / steps)
+    return best
 
 
 def model_flops(cfg, prompt_lens: list[int], new_tokens: int) -> float:
@@ -176,6 +229,7 @@ def main():
             n = next((i for i, t in enumerate(a) if t in eos), len(a))
             equal.append(a[:n] == h[:n])
         tokens = b * args.new_tokens
+        floor_tok_s = b / dot_floor(model, b)
         jax_tok_s, hf_tok_s = tokens / min(jax_s), tokens / min(hf_s)
         flops = model_flops(model.cfg, [len(p) for p in prompts], args.new_tokens)
         line = dict(
@@ -185,6 +239,8 @@ def main():
             ratio=round(jax_tok_s / hf_tok_s, 2),
             achieved_gflops=round(flops / min(jax_s) / 1e9, 1),
             roof_gflops=round(roof, 1),
+            dot_floor_tok_s=round(floor_tok_s, 1),
+            ceiling_ratio=round(floor_tok_s / hf_tok_s, 2),
             compiles=compile_count() - before,
             greedy_equal=round(float(np.mean(equal)), 3),
             prompt_tokens=round(float(np.mean([len(p) for p in prompts])), 1),
