@@ -126,7 +126,7 @@ def grpo_config() -> mlc.ConfigDict:
 
     c.sft = mlc.ConfigDict()
     c.sft.steps = 0
-    c.sft.rows_per_step = 32
+    c.sft.rows_per_step = 32  # at least this many: whole expert trajectories are taken
     c.sft.learning_rate = 5e-5  # ours: the warm start moves much further than RL steps do
     return c
 

@@ -223,7 +223,11 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
         top_k=config.memory.top_k, enabled_tools=tuple(config.memory.enabled_tools)
     )
     trajs = runner.run(tasks, expert)
-    rows = [StepRow(st.prompt_ids, st.action_ids) for tr in trajs for st in tr.steps]
+    # Whole trajectories, rows in order, so the rows of a growing context pack as one chain.
+    episodes = [[StepRow(st.prompt_ids, st.action_ids) for st in tr.steps] for tr in trajs]
+    episodes = [e for e in episodes if e]
+    if not episodes:
+        raise ValueError("the scripted expert produced no steps to learn from")
     trainer = Trainer(
         model,
         loss={"kl_beta": 0.0},
@@ -235,11 +239,15 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     )
     writer = MetricsWriter(workdir, "sft_metrics.jsonl", tensorboard=False)
     rng = np.random.default_rng(config.seed)
-    per_step = config.sft.rows_per_step
+    order: list[int] = []  # trajectories left in this epoch's shuffled order
     history = []
     for step in tqdm(range(config.sft.steps), desc="sft", disable=not progress):
-        idx = rng.choice(len(rows), size=min(per_step, len(rows)), replace=False)
-        m = trainer.sft_step([rows[i] for i in idx])
+        batch: list[StepRow] = []
+        while len(batch) < config.sft.rows_per_step:
+            if not order:
+                order = rng.permutation(len(episodes)).tolist()
+            batch += episodes[order.pop()]
+        m = trainer.sft_step(batch)
         m["step"] = step + 1
         writer.write(step + 1, m)
         history.append(m)

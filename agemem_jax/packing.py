@@ -7,6 +7,15 @@ ids that keep them from attending to each other and positions that restart at 0 
 where update throughput comes from. Row lengths and rows per micro-batch are bucketed to powers
 of two, so an update compiles a handful of programs, not one per batch.
 
+Shared prefixes. Within a trajectory the context usually only grows: step t+1's prompt is step
+t's prompt, its action and the observation after it, until a memory tool edits the context or a
+stage resets it. With `merge_prefixes`, such a run of step rows becomes one chain packed as the
+last row's sequence, so the prefix is computed once instead of once per step (a K-step chain
+costs its longest row, not K rows). The model reads exactly the tokens and positions each step
+row would have read alone (causal attention sees only the prefix), every action keeps its own
+mask, old log-probs and advantage, and `loss_ids` keeps the step rows apart for the per-row
+aggregations, so the loss is the same; only the compute drops.
+
 Arrays are aligned with the *prediction* position: at position t the model reads
 `input_ids[t]` and is scored on `targets[t]`. A step row of n tokens therefore occupies n − 1
 positions (its last token is never an input whose prediction matters), and `loss_mask` is 1
@@ -55,6 +64,7 @@ class PackingConfig:
     min_row_len: int = 128
     max_row_len: int = 16_384  # T_max 8192 + max response 2048, rounded up to a power of two
     row_multiple: int = 1
+    merge_prefixes: bool = True  # pack a step row into the previous one when it extends it
 
     def __post_init__(self):
         if min(self.tokens_per_micro, self.min_row_len, self.max_row_len, self.row_multiple) < 1:
@@ -73,10 +83,11 @@ class PackedBatch(NamedTuple):
     input_ids: np.ndarray  # int32
     targets: np.ndarray  # int32, the token predicted at each position
     positions: np.ndarray  # int32, restart at 0 for every step row
-    segment_ids: np.ndarray  # int32, 1..n per packed row, 0 = padding
+    segment_ids: np.ndarray  # int32, 1..n per packed row, 0 = padding (what attends to what)
     loss_mask: np.ndarray  # float32, 1 where targets is a policy-generated token
     old_logp: np.ndarray  # float32, π_old of targets (0 where masked)
-    advantages: np.ndarray  # float32, the step row's advantage on all its positions
+    advantages: np.ndarray  # float32, the step row's advantage on its action positions
+    loss_ids: np.ndarray  # int32, 1..n: which step row a loss position belongs to; 0 elsewhere
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -89,7 +100,7 @@ class Packed:
 
     micro_batches: list[PackedBatch]
     # per input step row: (micro, row, start, n_positions, first_action_position) or None if
-    # the row carried no loss token and was left out
+    # the row carried no loss token and was left out. Rows of one chain share `start`.
     locations: list[tuple[int, int, int, int, int] | None]
     real_tokens: int
     dropped: int
@@ -154,13 +165,30 @@ def _row_arrays(row: StepRow, index: int):
     return np.concatenate([prompt, action]), mask, old
 
 
+def _chains(seqs: list, merge: bool) -> list[list]:
+    """Group consecutive `(index, tokens, mask, old)` entries into chains: an entry joins the
+    previous chain when its prompt begins with that chain's whole sequence."""
+    chains: list[list] = []
+    for item in seqs:
+        _, tokens, mask, _ = item
+        if merge and chains:
+            last = chains[-1][-1][1]
+            prompt_len = tokens.size - mask.size
+            if prompt_len >= last.size and np.array_equal(tokens[: last.size], last):
+                chains[-1].append(item)
+                continue
+        chains.append([item])
+    return chains
+
+
 def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) -> Packed:
     """First-fit-decreasing packing of step rows into bucketed `[rows, row_len]` micro-batches.
 
     Full micro-batches hold `tokens_per_micro // row_len` rows (rounded to `row_multiple`); the
     remainder goes into one smaller micro-batch whose row count is the next power-of-two
     multiple of `row_multiple`. Rows without any loss token are dropped (they add nothing to
-    the numerator or the denominator).
+    the numerator or the denominator). With `merge_prefixes`, rows that extend the previous
+    row are packed as one chain (module docstring).
     """
     cfg = PackingConfig.make(cfg, **overrides)
     seqs = []  # (index, tokens, mask, old)
@@ -178,22 +206,22 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
         seqs.append((i, tokens, mask, old))
     if not seqs:
         raise ValueError(f"nothing to train: all {len(rows)} step rows have no loss token")
+    chains = _chains(seqs, cfg.merge_prefixes)
+    length = [c[-1][1].size - 1 for c in chains]  # positions of each chain
 
-    longest = max(s[1].size - 1 for s in seqs)
-    row_len = _next_bucket(longest, cfg.min_row_len, cfg.max_row_len)
-    # First fit decreasing: long rows first, each into the first packed row with room.
-    order = sorted(range(len(seqs)), key=lambda j: (-seqs[j][1].size, seqs[j][0]))
+    row_len = _next_bucket(max(length), cfg.min_row_len, cfg.max_row_len)
+    # First fit decreasing: long chains first, each into the first packed row with room.
+    order = sorted(range(len(chains)), key=lambda j: (-length[j], chains[j][0][0]))
     fill: list[int] = []
     members: list[list[int]] = []
     for j in order:
-        n = seqs[j][1].size - 1
         for b, used in enumerate(fill):
-            if used + n <= row_len:
-                fill[b] += n
+            if used + length[j] <= row_len:
+                fill[b] += length[j]
                 members[b].append(j)
                 break
         else:
-            fill.append(n)
+            fill.append(length[j])
             members.append([j])
 
     mult = cfg.row_multiple
@@ -208,38 +236,44 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
     packed_row = 0
     for m, n_rows in enumerate(sizes):
         shape = (n_rows, row_len)
-        ids, tgt, pos, seg = (np.zeros(shape, np.int32) for _ in range(4))
+        ids, tgt, pos, seg, lids = (np.zeros(shape, np.int32) for _ in range(5))
         lmask, old_lp, adv = (np.zeros(shape, np.float32) for _ in range(3))
         for r in range(n_rows):
             if packed_row >= len(members):
                 break  # padding rows of the last micro-batch
-            start = 0
+            start, loss_id = 0, 0
             for s, j in enumerate(members[packed_row], start=1):
-                index, tokens, mask, old = seqs[j]
-                n = tokens.size - 1
-                first = tokens.size - mask.size - 1  # position that predicts action token 0
+                seq, n = chains[j][-1][1], length[j]
                 sl = slice(start, start + n)
-                ids[r, sl] = tokens[:-1]
-                tgt[r, sl] = tokens[1:]
+                ids[r, sl] = seq[:-1]
+                tgt[r, sl] = seq[1:]
                 pos[r, sl] = np.arange(n)
                 seg[r, sl] = s
-                lmask[r, start + first : start + n] = mask
-                old_lp[r, start + first : start + n] = old * mask
-                adv[r, sl] = rows[index].advantage
-                locations[index] = (m, r, start, n, first)
+                for index, tokens, mask, old in chains[j]:
+                    loss_id += 1
+                    end = start + tokens.size - 1
+                    first = tokens.size - mask.size - 1  # position that predicts action token 0
+                    act = slice(start + first, end)
+                    lmask[r, act] = mask
+                    old_lp[r, act] = old * mask
+                    adv[r, act] = rows[index].advantage
+                    lids[r, act] = loss_id
+                    locations[index] = (m, r, start, tokens.size - 1, first)
                 start += n
                 real += n
             packed_row += 1
-        micro_batches.append(PackedBatch(ids, tgt, pos, seg, lmask, old_lp, adv))
+        micro_batches.append(PackedBatch(ids, tgt, pos, seg, lmask, old_lp, adv, lids))
     return Packed(micro_batches, locations, real, dropped)
 
 
 def split_minibatches(
     rows: Sequence[StepRow], num_minibatches: int, rng: np.random.Generator | None = None
 ) -> list[list[StepRow]]:
-    """Shuffle (if `rng`) and split step rows into `num_minibatches` near-equal parts, one
-    optimizer update each."""
+    """Split step rows into `num_minibatches` near-equal parts, one optimizer update each;
+    `rng` shuffles which rows go together. Each part keeps the rows' original order, so the
+    steps of a trajectory that land in one part still pack as a chain."""
     if num_minibatches < 1 or num_minibatches > len(rows):
         raise ValueError(f"cannot split {len(rows)} step rows into {num_minibatches} minibatches")
     order = np.arange(len(rows)) if rng is None else rng.permutation(len(rows))
-    return [[rows[i] for i in part] for part in np.array_split(order, num_minibatches)]
+    parts = np.array_split(order, num_minibatches)
+    return [[rows[i] for i in np.sort(part)] for part in parts]

@@ -7,9 +7,9 @@ micro-batches and dividing once gives exactly the gradient of the whole batch. `
 too; `finalize_stats` turns accumulated sums into the logged means.
 
 Token arrays are `[rows, T]` and aligned with the *prediction* position: `logp[r, t]` is the
-log-prob of the token the model predicts at t (the packed batch's `targets`). `segment_ids`
-(1..n per row, 0 = padding) say which step row a token belongs to, so several step rows can
-share one packed row.
+log-prob of the token the model predicts at t (the packed batch's `targets`). `loss_ids`
+(1..n per row, 0 = no loss) say which step row a loss token belongs to, so several step rows
+can share one packed row, or one chain of prefix-sharing positions (`agemem_jax.packing`).
 """
 
 from __future__ import annotations
@@ -175,11 +175,11 @@ def ppo_clip_terms(
 
 
 # ---------------------------------------------------------------- aggregation
-def _segment_token_counts(mask: Array, segment_ids: Array) -> tuple[Array, Array]:
+def _segment_token_counts(mask: Array, loss_ids: Array) -> tuple[Array, Array]:
     """Loss tokens of each token's step row, broadcast back to tokens, and the number of step
-    rows with at least one loss token. Segments are numbered 1..n within a packed row."""
+    rows with at least one loss token. Step rows are numbered 1..n within a packed row."""
     rows, t = mask.shape
-    gid = (jnp.arange(rows)[:, None] * (t + 1) + segment_ids).reshape(-1)
+    gid = (jnp.arange(rows)[:, None] * (t + 1) + loss_ids).reshape(-1)
     counts = jax.ops.segment_sum(mask.reshape(-1), gid, num_segments=rows * (t + 1))
     n_seqs = jnp.sum((counts > 0).astype(jnp.float32))
     return counts[gid].reshape(rows, t), n_seqs
@@ -188,7 +188,7 @@ def _segment_token_counts(mask: Array, segment_ids: Array) -> tuple[Array, Array
 def aggregate(
     per_token: Array,
     mask: Array,
-    segment_ids: Array | None,
+    loss_ids: Array | None,
     mode: str,
     token_sum_norm: float = 2048.0,
 ) -> tuple[Array, Array]:
@@ -199,11 +199,11 @@ def aggregate(
     seq_mean_token_sum_norm: Σ_s (Σ_{t∈s} m·ℓ / C) / S      (Dr. GRPO style, C constant)
     """
     mask = mask.astype(jnp.float32)
-    if segment_ids is None:  # one step row per packed row
-        segment_ids = jnp.ones(mask.shape, jnp.int32)
+    if loss_ids is None:  # one step row per packed row
+        loss_ids = jnp.ones(mask.shape, jnp.int32)
     if mode == "token_mean":
         return jnp.sum(per_token * mask), jnp.sum(mask)
-    counts, n_seqs = _segment_token_counts(mask, segment_ids)
+    counts, n_seqs = _segment_token_counts(mask, loss_ids)
     if mode == "seq_mean_token_mean":
         weights = mask / jnp.maximum(counts, 1.0)
     elif mode == "seq_mean_token_sum_norm":
@@ -220,7 +220,7 @@ def grpo_loss(
     ref_logp: Array | None,
     advantages: Array,
     mask: Array,
-    segment_ids: Array | None,
+    loss_ids: Array | None,
     cfg: LossConfig,
     entropy: Array | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
@@ -236,7 +236,7 @@ def grpo_loss(
         kl = kl_estimate(logp, ref_logp, cfg.kl_estimator, cfg.kl_clamp)
         per_token = per_token + cfg.kl_beta * kl
         stats["kl_sum"] = jnp.sum(jax.lax.stop_gradient(kl) * mask)
-    num, den = aggregate(per_token, mask, segment_ids, cfg.aggregation, cfg.token_sum_norm)
+    num, den = aggregate(per_token, mask, loss_ids, cfg.aggregation, cfg.token_sum_norm)
     gap = jax.lax.stop_gradient(logp - old_logp)
     stats.update(
         tokens=jnp.sum(mask),
@@ -256,14 +256,14 @@ def grpo_loss(
 def sft_loss(
     logp: Array,
     mask: Array,
-    segment_ids: Array | None,
+    loss_ids: Array | None,
     aggregation: str = "token_mean",
     token_sum_norm: float = 2048.0,
     entropy: Array | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """Cross-entropy on the masked (policy) tokens, as (numerator, denominator, stats)."""
     mask = mask.astype(jnp.float32)
-    num, den = aggregate(-logp, mask, segment_ids, aggregation, token_sum_norm)
+    num, den = aggregate(-logp, mask, loss_ids, aggregation, token_sum_norm)
     stats = {
         "tokens": jnp.sum(mask),
         "nll_sum": jnp.sum(jax.lax.stop_gradient(-logp) * mask),

@@ -259,14 +259,14 @@ class Trainer:
                 ref_logp,
                 batch.advantages,
                 batch.loss_mask,
-                batch.segment_ids,
+                batch.loss_ids,
                 self.loss_cfg,
                 entropy,
             )
         return rl_loss.sft_loss(
             logp,
             batch.loss_mask,
-            batch.segment_ids,
+            batch.loss_ids,
             self.update_cfg.sft_aggregation,
             self.loss_cfg.token_sum_norm,
             entropy,
@@ -290,7 +290,8 @@ class Trainer:
         kind, _, what = name.partition("_")
         # Which stat sums this loss logs, from an abstract call on a 1x1 batch.
         dummy = PackedBatch(*[jax.ShapeDtypeStruct((1, 1), jnp.float32)] * len(PackedBatch._fields))
-        dummy = dummy._replace(segment_ids=jax.ShapeDtypeStruct((1, 1), jnp.int32))
+        int_ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+        dummy = dummy._replace(segment_ids=int_ids, loss_ids=int_ids)
         _, _, stat_shapes = jax.eval_shape(
             lambda b: self._loss(kind, b.old_logp, b.old_logp, b, b.old_logp), dummy
         )

@@ -54,7 +54,9 @@ def check_layout(rows, packed, cfg):
         np.testing.assert_allclose(
             mb.old_logp[r, sl][first:], np.asarray(row.old_logprobs, np.float32) * mask
         )
-        np.testing.assert_array_equal(mb.advantages[r, sl], np.float32(row.advantage))
+        np.testing.assert_array_equal(mb.advantages[r, sl][first:], np.float32(row.advantage))
+        lid = mb.loss_ids[r, sl][first:]
+        assert lid[0] > 0 and np.all(lid == lid[0])  # one loss id per step row
     for mb in packed.micro_batches:
         rows_, length = mb.shape
         assert rows_ % cfg.row_multiple == 0
@@ -102,6 +104,66 @@ def test_pack_invariants_hold_for_any_mix(n, seed, mult, budget):
         np.testing.assert_allclose(vals, np.asarray(row.old_logprobs, np.float32))
 
 
+def trajectory_rows(rng, n_steps, start=0):
+    """Step rows of one trajectory whose context only grows: prompt_{t+1} = prompt_t +
+    action_t + observation_t, as between two context edits."""
+    context = rng.integers(1, 1000, 7).tolist()
+    rows = []
+    for t in range(n_steps):
+        a = int(rng.integers(1, 6))
+        rows.append(
+            StepRow(
+                prompt_ids=list(context),
+                action_ids=rng.integers(1, 1000, a).tolist(),
+                old_logprobs=(-rng.random(a) - 0.1 * (start + t)).tolist(),
+                advantage=float(start + t),
+                action_mask=(rng.random(a) > 0.2).tolist(),
+            )
+        )
+        context += rows[-1].action_ids + rng.integers(1, 1000, int(rng.integers(0, 4))).tolist()
+    return rows
+
+
+def test_prefix_sharing_rows_pack_as_one_chain():
+    rng = np.random.default_rng(4)
+    rows = trajectory_rows(rng, 5) + trajectory_rows(rng, 3, start=5)
+    # A context edit: the next row no longer extends the previous one, so a new chain starts.
+    rows.append(StepRow([*rows[-1].prompt_ids[:4], 999], [5, 6], [-1.0, -2.0], 9.0, [1, 1]))
+    rows[2].action_mask = [False] * len(rows[2].action_ids)  # dropped: the chain goes on
+    merged = pack(rows, min_row_len=16)
+    alone = pack(rows, min_row_len=16, merge_prefixes=False)
+    live = [r for r in rows if any(r.action_mask)]
+    assert alone.real_tokens == sum(len(r.prompt_ids) + len(r.action_ids) - 1 for r in live)
+    # Three chains, each costing its longest row.
+    chain_ends = [rows[4], rows[7], rows[8]]
+    assert merged.real_tokens == sum(len(r.prompt_ids) + len(r.action_ids) - 1 for r in chain_ends)
+    assert merged.loss_tokens == alone.loss_tokens
+    starts = {loc[:3] for loc in merged.locations if loc is not None}
+    assert len(starts) == 3
+    for name in ("old_logp", "advantages", "loss_mask"):
+        got = merged.action_values([getattr(mb, name) for mb in merged.micro_batches])
+        want = alone.action_values([getattr(mb, name) for mb in alone.micro_batches])
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None)
+            if g is not None:
+                np.testing.assert_array_equal(g, w)
+    # Every step row keeps its own loss id, and the chain's tokens are its last row's.
+    for row, loc in zip(rows, merged.locations, strict=True):
+        if loc is None:
+            continue
+        m, r, start, n, _first = loc
+        mb = merged.micro_batches[m]
+        tokens = [*row.prompt_ids, *row.action_ids]
+        np.testing.assert_array_equal(mb.input_ids[r, start : start + n], tokens[:-1])
+        np.testing.assert_array_equal(mb.positions[r, start : start + n], np.arange(n))
+    ids = [
+        merged.micro_batches[loc[0]].loss_ids[loc[1], loc[2] + loc[4]]
+        for loc in merged.locations
+        if loc is not None
+    ]
+    assert len(set(ids)) == len(ids)
+
+
 def test_row_length_bucket_follows_longest_row():
     rows = [StepRow([1] * 200, [2, 3], [-1.0, -1.0], 1.0), StepRow([1] * 5, [2], [-1.0], 1.0)]
     packed = pack(rows, min_row_len=128)
@@ -134,6 +196,10 @@ def test_split_minibatches_partitions_rows():
     parts = split_minibatches(rows, 3, np.random.default_rng(0))
     assert [len(p) for p in parts] == [4, 3, 3]
     assert sorted(id(r) for p in parts for r in p) == sorted(id(r) for r in rows)
-    assert split_minibatches(rows, 1)[0] == rows
+    position = {id(r): i for i, r in enumerate(rows)}
+    for part in parts:  # shuffled membership, original order within a part (chains survive)
+        assert [position[id(r)] for r in part] == sorted(position[id(r)] for r in part)
+    assert sorted(position[id(r)] for r in parts[0]) != [0, 1, 2, 3]
+    assert split_minibatches(rows, 1, np.random.default_rng(0))[0] == rows
     with pytest.raises(ValueError, match="cannot split"):
         split_minibatches(rows, 11)
