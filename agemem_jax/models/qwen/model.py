@@ -254,17 +254,14 @@ class Attention(nnx.Module):
         return apply_rope(q, *tables), apply_rope(k, *tables), v
 
     def _attend(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
-        """q [B,T,H,D], k/v [B,S,KV,D], mask [B,T,S] (True = visible) -> [B,T,D_model]."""
-        b, t, h, hd = q.shape
-        kvh = k.shape[2]
-        q = q.reshape(b, t, kvh, h // kvh, hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (hd**-0.5)
-        # A finite fill keeps fully masked (padding) rows finite instead of NaN.
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
-        return jnp.einsum("btnh,nhd->btd", out, self.o_proj.value.astype(self.cfg.dtype))
+        """q [B,T,H,D], k/v [B,S,KV,D], mask [B,T,S] (True = visible) -> [B,T,D_model].
+
+        Runs in the cache layout: transposing k and v ([B,S,KV,D], small) lets the scores come
+        out of the matmul already in [B,KV,G,T,S] order; left to itself, XLA computed them
+        transposed and moved every [T,S] score matrix in memory inside the mask fusion, which
+        took longer than all the layer's matmuls together on CPU.
+        """
+        return self._attend_cached(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask)
 
     def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
         q, k, v = self._project(x, positions)
