@@ -112,6 +112,7 @@ def grpo_config() -> mlc.ConfigDict:
     c.packing = mlc.ConfigDict()
     c.packing.tokens_per_micro = 16_384
     c.packing.min_row_len = 128
+    c.packing.merge_prefixes = True  # steps whose context only grew share one packed chain
 
     c.trainer = mlc.ConfigDict()
     c.trainer.epochs = 1

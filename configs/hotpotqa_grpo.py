@@ -46,12 +46,15 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.memory.update(prompt_style="compact", t_max=4096)
         c.data.limit = 16
         c.episode.update(t1=1, t2=1, t3=2, max_actions_per_turn=2)
-        c.sampling.max_new_tokens = 64
+        # The expert's longest action (an Add_memory of two facts) is ~150 tokens; a shorter cap
+        # cuts tool calls off before </tool_call> and every one counts as a format error.
+        c.sampling.max_new_tokens = 192
         c.packing.tokens_per_micro = 4096
         c.grpo.update(tasks_per_step=1, group_size=2)
         c.optim.update(learning_rate=1e-5, warmup_steps=0, schedule="constant")
         c.train.update(steps=2, save_every=1)
-        c.sft.update(steps=2, rows_per_step=4)
+        # One expert trajectory per step; 12 steps take the SFT loss from 1.5 to ~0.1.
+        c.sft.update(steps=12, rows_per_step=6, learning_rate=1e-4)
     elif preset == "qwen3_4b_tpu":
         c.model.update(checkpoint="/path/to/Qwen3-4B-Instruct-2507", dtype="bfloat16",
                        scan_layers=True, remat_policy="dots_no_batch")  # fmt: skip
