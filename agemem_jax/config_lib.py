@@ -144,6 +144,7 @@ def env_eval_config(bench: str, env: dict, preset: str | None) -> mlc.ConfigDict
     c.data.limit = 10
     c.memory.prompt_style = "compact"
     c.episode.max_actions_per_turn = 2  # memory turns allowed before each environment action
+    c.episode.max_env_steps = 30  # AgentBoard's step limit
     preset = preset or "oracle"
     if preset in ("oracle", "random"):
         c.policy = preset

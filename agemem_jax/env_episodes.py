@@ -74,6 +74,7 @@ class EnvEpisodeRunner:
         make_memory: Callable[[], MemoryEnv],
         *,
         max_tool_turns: int = 3,
+        max_steps: int = envs_lib.DEFAULT_MAX_STEPS,
         stop_id: int | None = None,
         instructions: str = ENV_INSTRUCTIONS,
     ):
@@ -83,7 +84,10 @@ class EnvEpisodeRunner:
             )
         if max_tool_turns < 0:
             raise ValueError(f"max_tool_turns must be >= 0, got {max_tool_turns}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.bench = bench
+        self.max_steps = max_steps  # environment actions per episode (AgentBoard: 30)
         self.make_memory = make_memory
         self.max_tool_turns = max_tool_turns
         self.stop_id = stop_id
@@ -92,7 +96,7 @@ class EnvEpisodeRunner:
     def run(self, specs: Sequence[Mapping[str, Any]], policy, seed: int = 0) -> list[EnvTrajectory]:
         trajs = []
         for spec in specs:
-            env = envs_lib.make(self.bench, dict(spec))
+            env = envs_lib.make(self.bench, dict(spec), max_steps=self.max_steps)
             first = env.reset()
             mem = self.make_memory()
             mem.stage = "env"

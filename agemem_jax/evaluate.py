@@ -81,7 +81,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
     )
     runner = EnvEpisodeRunner(
         config.bench, make_memory, max_tool_turns=config.episode.max_actions_per_turn,
-        stop_id=chat.im_end,
+        max_steps=config.episode.max_env_steps, stop_id=chat.im_end,
     )  # fmt: skip
     specs = envs.tasks(config.bench, config.env)
     if config.data.limit:

@@ -50,6 +50,14 @@ def test_oracle_through_the_protocol(chat):
     assert t.memory.stm.messages[-1].text == t.steps[-1]["observation"]
 
 
+def test_step_limit_is_configurable(chat):
+    """`max_steps` caps environment actions per episode (memory turns do not count)."""
+    trajs = runner(chat, max_steps=2).run(SPECS[:2], RandomPolicy(seed=0))
+    assert all(t.env.steps == 2 and t.env.done for t in trajs)
+    with pytest.raises(ValueError, match="max_steps"):
+        runner(chat, max_steps=0)
+
+
 class MemoryFirst:
     """Stores each observation, then acts as the oracle: memory turns interleave with actions."""
 
