@@ -10,6 +10,8 @@ the random policy (seed 0). One JSON line per benchmark:
   metric           success_rate or progress_rate
   oracle           mean benchmark metric of the oracle
   random           mean benchmark metric of the random policy
+  make_ms          median wall time of building a task's environment (`envs.make`: parsing
+                   and grounding, or taking a simulator from the pool)
   reset_ms         median wall time of `env.reset()` (the first includes loading the task)
   step_ms          median wall time of `env.step(action)` over every oracle and random step
   step_p90_ms      its 90th percentile
@@ -80,10 +82,13 @@ def decode_seconds(new_tokens: int = 32) -> float:
 
 def measure(bench: str, n_tasks: int) -> dict:
     specs = envs.tasks(bench, _eval_env_config(bench))[:n_tasks]
-    resets, steps, choices, oracle, random_ = [], [], [], [], []
+    makes, resets, steps, choices, oracle, random_ = [], [], [], [], [], []
     policy = envs.RandomPolicy(seed=0)
     for spec in specs:
-        with envs.make(bench, spec) as env:
+        t = time.perf_counter()
+        env = envs.make(bench, spec)
+        makes.append(time.perf_counter() - t)
+        with env:
             oracle.append(play_timed(env, envs.oracle_policy, resets, steps, choices))
             random_.append(play_timed(env, policy, resets, steps, []))
             metric = env.metric
@@ -94,6 +99,7 @@ def measure(bench: str, n_tasks: int) -> dict:
         metric=metric,
         oracle=round(float(np.mean(oracle)), 3),
         random=round(float(np.mean(random_)), 3),
+        make_ms=ms(makes),
         reset_ms=ms(resets),
         step_ms=ms(steps),
         step_p90_ms=ms(steps, 90),
