@@ -4,9 +4,28 @@ Each block is read by one builder in `agemem_jax.builders`; every value a resear
 lives here, with the method's numbers as defaults, and a preset changes only what it names.
 """
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections as mlc
 
 from agemem_jax.tools import TOOL_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]  # the project root, where configs/ lives
+
+
+def from_file(path: str | Path, arg: str | None = None) -> mlc.ConfigDict:
+    """`get_config(arg)` of a config file, as `--config=<path>:<arg>` gives it, for code that
+    builds a config outside absl flags (benchmarks, tests, one config file reusing another).
+    A relative path is taken from the project root."""
+    path = Path(path)
+    path = path if path.is_absolute() else ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file {path}")
+    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def base_config() -> mlc.ConfigDict:

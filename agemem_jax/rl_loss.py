@@ -175,7 +175,7 @@ def ppo_clip_terms(
 
 
 # ---------------------------------------------------------------- aggregation
-def _segment_token_counts(mask: Array, loss_ids: Array) -> tuple[Array, Array]:
+def _step_row_token_counts(mask: Array, loss_ids: Array) -> tuple[Array, Array]:
     """Loss tokens of each token's step row, broadcast back to tokens, and the number of step
     rows with at least one loss token. Step rows are numbered 1..n within a packed row."""
     rows, t = mask.shape
@@ -203,7 +203,7 @@ def aggregate(
         loss_ids = jnp.ones(mask.shape, jnp.int32)
     if mode == "token_mean":
         return jnp.sum(per_token * mask), jnp.sum(mask)
-    counts, n_seqs = _segment_token_counts(mask, loss_ids)
+    counts, n_seqs = _step_row_token_counts(mask, loss_ids)
     if mode == "seq_mean_token_mean":
         weights = mask / jnp.maximum(counts, 1.0)
     elif mode == "seq_mean_token_sum_norm":

@@ -32,24 +32,13 @@ import time
 import numpy as np
 
 from agemem_jax import envs
+from agemem_jax.config_lib import from_file
 from agemem_jax.envs.base import TextEnv
 
 
-def _eval_env_config(bench: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "configs" / "eval" / f"{bench}.py"
-    spec = importlib.util.spec_from_file_location(f"eval_{bench}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("oracle").env
-
-
 def play_timed(env: TextEnv, choose, resets: list, steps: list, choices: list) -> float:
-    """Play one episode, appending the reset's, each choice's and each step's seconds.
-
-    Returns the episode's benchmark metric."""
+    """Play one episode, appending the reset's, each choice's and each step's seconds;
+    returns the episode's benchmark metric."""
     t = time.perf_counter()
     env.reset()
     resets.append(time.perf_counter() - t)
@@ -81,7 +70,7 @@ def decode_seconds(new_tokens: int = 32) -> float:
 
 
 def measure(bench: str, n_tasks: int) -> dict:
-    specs = envs.tasks(bench, _eval_env_config(bench))[:n_tasks]
+    specs = envs.tasks(bench, from_file(f"configs/eval/{bench}.py", "oracle").env)[:n_tasks]
     makes, resets, steps, choices, oracle, random_ = [], [], [], [], [], []
     policy = envs.RandomPolicy(seed=0)
     for spec in specs:
@@ -91,12 +80,11 @@ def measure(bench: str, n_tasks: int) -> dict:
         with env:
             oracle.append(play_timed(env, envs.oracle_policy, resets, steps, choices))
             random_.append(play_timed(env, policy, resets, steps, []))
-            metric = env.metric
     ms = lambda xs, q=50: round(float(np.percentile(xs, q)) * 1e3, 2)
     return dict(
         bench=bench,
         tasks=len(specs),
-        metric=metric,
+        metric=envs.env_class(bench).metric,
         oracle=round(float(np.mean(oracle)), 3),
         random=round(float(np.mean(random_)), 3),
         make_ms=ms(makes),

@@ -104,17 +104,12 @@ def synthetic_rows(cfg: ModelConfig, args, rng: np.random.Generator) -> list[Ste
 
 def grpo_step_share(preset: str) -> dict:
     """Time one GRPO step of a preset (the second, so compilation is excluded where possible)."""
-    import importlib.util
     import tempfile
-    from pathlib import Path
 
     from agemem_jax import grpo
+    from agemem_jax.config_lib import from_file
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "hotpotqa_grpo.py"
-    spec = importlib.util.spec_from_file_location("grpo_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config(preset)
+    config = from_file("configs/hotpotqa_grpo.py", preset)
     config.train.update(steps=2, save_every=100, export=False)
     with tempfile.TemporaryDirectory() as tmp:
         history = grpo.train(config, tmp, progress=False)

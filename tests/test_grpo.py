@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from flax import nnx
 
 from agemem_jax import grpo, rl_loss
 from agemem_jax.checkpointing import Checkpointer
+from agemem_jax.config_lib import from_file
 from agemem_jax.metrics_log import flatten, read_jsonl
 from agemem_jax.models import Decoder, ModelConfig
 from agemem_jax.packing import StepRow
@@ -29,10 +29,7 @@ TIMING = ("seconds", "lr")  # keys whose values are wall-clock, not results
 
 
 def load_preset(name: str):
-    spec = importlib.util.spec_from_file_location("grpo_cfg", ROOT / "configs" / "hotpotqa_grpo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(name)
+    return from_file("configs/hotpotqa_grpo.py", name)
 
 
 @pytest.fixture(scope="module")

@@ -156,12 +156,13 @@ def test_prefix_sharing_rows_pack_as_one_chain():
         tokens = [*row.prompt_ids, *row.action_ids]
         np.testing.assert_array_equal(mb.input_ids[r, start : start + n], tokens[:-1])
         np.testing.assert_array_equal(mb.positions[r, start : start + n], np.arange(n))
+    # Loss ids are numbered within a packed row: no two step rows share (micro, row, id).
     ids = [
-        merged.micro_batches[loc[0]].loss_ids[loc[1], loc[2] + loc[4]]
+        (loc[0], loc[1], merged.micro_batches[loc[0]].loss_ids[loc[1], loc[2] + loc[4]])
         for loc in merged.locations
         if loc is not None
     ]
-    assert len(set(ids)) == len(ids)
+    assert len(set(ids)) == len(ids) and all(i[2] > 0 for i in ids)
 
 
 def test_row_length_bucket_follows_longest_row():

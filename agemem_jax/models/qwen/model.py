@@ -268,7 +268,8 @@ class Attention(nnx.Module):
         return self._attend(q, k, v, mask)
 
     def _attend_cached(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
-        """`_attend` over the cache layout (`KVCache`); mask [B, T, S] -> [B, T, D_model].
+        """Attention over keys [B,KV,D,S] and values [B,KV,S,D] (the `KVCache` layout);
+        q [B,T,H,D], mask [B,T,S] -> [B,T,D_model].
 
         Each (row, kv-head) is one plain `[G*T, D] x [D, S]` and `[G*T, S] x [S, D]` matmul, so
         XLA neither transposes the cache nor the output projection inside the decode loop.
