@@ -6,25 +6,26 @@ blocks, so a sweep or an ablation is a flag and never a code change.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
+import jax
+
+from agemem_jax import sharding as shd
 from agemem_jax import summarizers
 from agemem_jax.chat import ChatFormat
-from agemem_jax.data import load_records, make_tasks
+from agemem_jax.data import DataConfig, Task, load_records, make_tasks
+from agemem_jax.dataclass_config import build
 from agemem_jax.encoder import HashEncoder, default_encoder
 from agemem_jax.episodes import EpisodeConfig, EpisodeRunner
-from agemem_jax.judges import Judge, make_judge
+from agemem_jax.judges import Judge, JudgeConfig, make_judge
 from agemem_jax.memory_env import MemoryEnv, MemoryEnvConfig
 from agemem_jax.policies import Policy, RandomPolicy, ScriptedPolicy
 from agemem_jax.rewards import RewardConfig
-
-
-def as_dict(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    return dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+from agemem_jax.rollout import ModelStack
+from agemem_jax.sampler import SamplingConfig
+from agemem_jax.sharding import MeshConfig
 
 
 def encoder(name: str):
@@ -36,25 +37,27 @@ def encoder(name: str):
     raise ValueError(f"unknown encoder {name!r}; choose 'minilm' or 'hash'")
 
 
-def tasks(data_cfg: Mapping, episode_cfg: EpisodeConfig):
-    d = as_dict(data_cfg)
+def tasks(data_cfg, episode_cfg: EpisodeConfig) -> list[Task]:
+    d = build(DataConfig, data_cfg)
     records = load_records(
-        d.get("source", "synthetic"),
-        path=d.get("path") or None,
-        limit=d.get("limit") or None,
-        seed=d.get("seed", 0),
-        split=d.get("split", "validation"),
+        d.source,
+        path=d.path or None,
+        limit=d.limit or None,
+        seed=d.seed,
+        split=d.split,
+        n_distractors=d.n_distractors,
+        comparison_fraction=d.comparison_fraction,
     )
-    return make_tasks(records, t1=episode_cfg.t1, t2=episode_cfg.t2, seed=d.get("seed", 0))
+    return make_tasks(records, t1=episode_cfg.t1, t2=episode_cfg.t2, seed=d.seed)
 
 
 def env_factory(
     chat: ChatFormat,
-    memory_cfg: Mapping,
+    memory_cfg,
     encoder_name: str,
     summarizer: Callable | None,
 ) -> Callable[[], MemoryEnv]:
-    cfg = MemoryEnvConfig.from_any(as_dict(memory_cfg))
+    cfg = build(MemoryEnvConfig, memory_cfg)
     enc = encoder(encoder_name)
     return functools.partial(MemoryEnv, chat, encoder=enc, summarizer=summarizer, config=cfg)
 
@@ -72,7 +75,7 @@ def summarizer(name: str, complete: Callable | None = None) -> Callable:
 
 def runner(chat: ChatFormat, config, summarize: Callable | None) -> EpisodeRunner:
     make_env = env_factory(chat, config.memory, config.encoder, summarize)
-    return EpisodeRunner(make_env, as_dict(config.episode), stop_id=chat.im_end)
+    return EpisodeRunner(make_env, build(EpisodeConfig, config.episode), stop_id=chat.im_end)
 
 
 def text_policy(name: str, config) -> Policy:
@@ -85,46 +88,35 @@ def text_policy(name: str, config) -> Policy:
     raise ValueError(f"unknown policy {name!r}; choose 'model', 'scripted' or 'random'")
 
 
-def reward_config(cfg: Mapping) -> RewardConfig:
-    return RewardConfig.from_config(as_dict(cfg))
+def reward_config(cfg) -> RewardConfig:
+    return build(RewardConfig, cfg)
 
 
-def judge(cfg: Mapping, generate: Callable | None = None) -> Judge:
-    d = as_dict(cfg)
-    if d.get("kind") == "local":
+def judge(cfg, generate: Callable | None = None) -> Judge:
+    d = dataclasses.asdict(build(JudgeConfig, cfg))
+    if d["kind"] == "local":
         if generate is None:
             raise ValueError("judge.kind='local' needs a model; the experiment passes the sampler")
         d["generate"] = generate
     return make_judge(d)
 
 
-def model(model_cfg: Mapping, seed: int = 0):
-    """(model, tokenizer): a checkpoint, or a random decoder of `model_cfg.random` shape (tests).
+def mesh(mesh_cfg) -> jax.sharding.Mesh:
+    return shd.make_mesh(build(MeshConfig, mesh_cfg).shape)
 
-    A random model takes its vocabulary from `model_cfg.tokenizer`, so it speaks ChatML and the
-    protocol's tags are real tokens even though it knows nothing.
+
+def model_stack(config) -> ModelStack:
+    """The model of `config.model` with its sampler, summarizer and chat format (evaluation).
+
+    Training builds its stack around the trainer's own copy of the weights instead.
     """
-    from flax import nnx
+    from agemem_jax import models
 
-    from agemem_jax.models import Decoder, ModelConfig, load_checkpoint, load_tokenizer
-
-    m = as_dict(model_cfg)
-    layout = dict(
-        param_dtype=m.get("param_dtype") or None,
-        scan_layers=m.get("scan_layers", False),
-        remat_policy=m.get("remat_policy", "none"),
+    sampling = build(SamplingConfig, config.sampling)
+    m = mesh(config.mesh)
+    m = m if m.size > 1 else None
+    model, tokenizer = models.load(
+        config.model, mesh=m, rules=config.mesh.sample_rules, seed=config.seed
     )
-    if not m.get("random"):
-        return load_checkpoint(m["checkpoint"], m.get("dtype", "float32"), **layout)
-    tokenizer = load_tokenizer(m.get("tokenizer") or m["checkpoint"])
-    shape = dict(m["random"])
-    shape["vocab_size"] = shape.get("vocab_size") or len(tokenizer)
-    shape.setdefault("eos_token_id", tokenizer.eos_token_id)
-    cfg = ModelConfig(
-        dtype=m.get("dtype", "float32"),
-        param_dtype=layout["param_dtype"] or m.get("dtype", "float32"),
-        scan_layers=layout["scan_layers"],
-        remat_policy=layout["remat_policy"],
-        **shape,
-    )
-    return Decoder(cfg, rngs=nnx.Rngs(seed)), tokenizer
+    max_len = config.memory.t_max + sampling.max_new_tokens
+    return ModelStack(model, tokenizer, sampling, max_len=max_len, mesh=m)

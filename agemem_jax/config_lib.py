@@ -1,15 +1,31 @@
-"""Defaults shared by every experiment config (`configs/*.py` start from `base_config()`).
+"""Every experiment config starts here (`configs/*.py` call `base_config()` or `grpo_config()`).
 
-Each block is read by one builder in `agemem_jax.builders`; every value a researcher may sweep
-lives here, with the method's numbers as defaults, and a preset changes only what it names.
+Each block is generated from the dataclass that reads it (`agemem_jax.dataclass_config`), so a
+setting is written once, with its default and comment, in the module that uses it, and every
+one is a `--config.<block>.<field>` flag. The method's numbers are those defaults; a preset
+changes only what it names. `describe(config)` prints the resolved config with the comments.
 """
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import ml_collections as mlc
 
-from agemem_jax.tools import TOOL_NAMES
+from agemem_jax import dataclass_config
+from agemem_jax.data import DataConfig
+from agemem_jax.episodes import EpisodeConfig
+from agemem_jax.evaluate import EvalConfig
+from agemem_jax.grpo import GRPOConfig, SFTConfig, TrainConfig
+from agemem_jax.judges import JudgeConfig
+from agemem_jax.memory_env import MemoryEnvConfig
+from agemem_jax.models import LoadConfig
+from agemem_jax.optim import OptimConfig
+from agemem_jax.packing import PackingConfig
+from agemem_jax.rewards import RewardConfig
+from agemem_jax.sampler import SamplingConfig
+from agemem_jax.sharding import MeshConfig
+from agemem_jax.train_step import UpdateConfig
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root, where configs/ lives
 
@@ -23,132 +39,103 @@ def from_file(path: str | Path, arg: str | None = None) -> mlc.ConfigDict:
     if not path.is_file():
         raise FileNotFoundError(f"no config file {path}")
     spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path} is not a Python config file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
 
 
+# Every config block and the dataclass that reads it. The block is generated from the dataclass,
+# so each setting is written once (with its default and comment) and is a `--config.` flag.
+BASE_BLOCKS: dict[str, type] = {
+    "model": LoadConfig,
+    "mesh": MeshConfig,
+    "sampling": SamplingConfig,
+    "data": DataConfig,
+    "episode": EpisodeConfig,
+    "memory": MemoryEnvConfig,
+    "reward": RewardConfig,
+    "judge": JudgeConfig,
+    "eval": EvalConfig,
+}
+GRPO_BLOCKS: dict[str, type] = {
+    "grpo": GRPOConfig,
+    "optim": OptimConfig,
+    "packing": PackingConfig,
+    "trainer": UpdateConfig,
+    "train": TrainConfig,
+    "sft": SFTConfig,
+}
+# The settings that are not a block: what runs, on what, with which helpers.
+TOP_LEVEL_COMMENTS = {
+    "seed": "the run's seed (model init, sampler, data order)",
+    "multihost": "None: follow the environment (SLURM, TPU pod); True/False forces it",
+    "policy": "model | scripted | random | lazy (| oracle on interactive benchmarks)",
+    "bench": "hotpotqa | alfworld | sciworld | babyai | pddl",
+    "env": "the benchmark's task-list settings (envs.tasks(bench, **env))",
+    "encoder": "minilm (all-MiniLM-L6-v2, everywhere) | hash (unit tests only)",
+    "summarizer": "policy (the model summarizes) | extractive (deterministic)",
+}
+
+
 def base_config() -> mlc.ConfigDict:
-    """Every block an AgeMem experiment reads; presets change only what they name."""
+    """Every block an AgeMem experiment reads, at the method's defaults."""
     c = mlc.ConfigDict()
     c.seed = 0
-    c.multihost = mlc.FieldReference(None, field_type=bool)  # None: follow the environment
-    c.policy = "scripted"  # model | scripted | random (| oracle on interactive benchmarks)
-    c.bench = "hotpotqa"  # hotpotqa | alfworld | sciworld | babyai | pddl
-    c.env = mlc.ConfigDict()  # the benchmark's task-list settings (envs.tasks(bench, **env))
-
-    c.model = mlc.ConfigDict()
-    c.model.checkpoint = "smollm2-135m-instruct"  # HF folder, .gguf file, or embedded alias
-    c.model.dtype = "float32"
-    c.model.param_dtype = ""  # empty = same as dtype
-    c.model.scan_layers = False
-    c.model.remat_policy = "none"
-    c.model.random = mlc.ConfigDict()  # non-empty: a ModelConfig shape, randomly initialized
-    c.model.tokenizer = ""  # with `random`: whose vocabulary (default: `checkpoint`'s)
-
-    c.mesh = mlc.ConfigDict()
-    c.mesh.shape = (1, 1, -1)  # (data, fsdp, tensor); -1 takes the remaining devices
-    c.mesh.sample_rules = "sample"
-    c.mesh.train_rules = "train"
-
-    c.sampling = mlc.ConfigDict()
-    c.sampling.temperature = 0.0
-    c.sampling.top_k = 0
-    c.sampling.top_p = 1.0
-    c.sampling.max_new_tokens = 256
-    c.sampling.stop = ("</tool_call>", "</answer>")
-
-    c.data = mlc.ConfigDict()
-    c.data.source = "synthetic"  # synthetic | hotpotqa
-    c.data.path = ""  # hotpotqa: a local JSON file; empty = the hub
-    c.data.split = "validation"
-    c.data.limit = 20
-    c.data.seed = 0
-
-    c.episode = mlc.ConfigDict()
-    c.episode.t1 = 4
-    c.episode.t2 = 4
-    c.episode.t3 = 4
-    c.episode.max_actions_per_turn = 3
-    c.episode.n_max = 30
-    c.episode.introspective_top_k = 3
-
-    c.memory = mlc.ConfigDict()
-    c.memory.enabled_tools = TOOL_NAMES  # ablate by listing fewer
-    c.memory.t_max = 8192
-    c.memory.theta = 0.6
-    c.memory.top_k = 3
-    c.memory.prompt_style = "json"  # the spec's JSON schemas; "compact" for small CPU runs
-    c.encoder = "minilm"  # minilm | hash (unit tests only)
-    c.summarizer = "extractive"  # policy (the model summarizes) | extractive (deterministic)
-
-    c.reward = mlc.ConfigDict()
-    for k in ("w_task", "w_context", "w_memory"):
-        c.reward[k] = 1 / 3
-    for k in ("alpha_compression", "alpha_preventive", "alpha_preservation"):
-        c.reward[k] = 1 / 3
-    for k in ("beta_storage", "beta_maintenance", "beta_relevance"):
-        c.reward[k] = 1 / 3
-    c.reward.p_no_answer = -1.0
-    c.reward.p_rounds = -1.0
-    c.reward.p_overflow = -0.5
-
-    c.judge = mlc.ConfigDict()
-    c.judge.kind = "rule"  # rule | local (the policy model) | http (OpenAI-compatible)
-    c.judge.base_url = ""
-    c.judge.model = ""
-    c.judge.api_key_env = "OPENAI_API_KEY"
-
-    c.eval = mlc.ConfigDict()
-    c.eval.batch_tasks = 8
-    c.eval.group_size = 1
+    c.multihost = mlc.FieldReference(None, field_type=bool)
+    c.policy = "scripted"
+    c.bench = "hotpotqa"
+    c.env = mlc.ConfigDict()
+    c.encoder = "minilm"
+    c.summarizer = "extractive"
+    for name, cls in BASE_BLOCKS.items():
+        c[name] = dataclass_config.block(cls)
     return c
 
 
 def grpo_config() -> mlc.ConfigDict:
     """`base_config()` plus the training blocks (GRPO, optimizer, packing, update, loop, SFT)."""
     c = base_config()
-    c.sampling.temperature = 1.0  # rollouts sample; evaluation presets stay greedy
-    c.grpo = mlc.ConfigDict()
-    c.grpo.tasks_per_step = 2  # B
-    c.grpo.group_size = 8  # K (spec)
-    c.grpo.advantage_eps = 1e-6
-    c.grpo.loss = mlc.ConfigDict()
-    c.grpo.loss.kl_beta = 0.1  # spec
-    c.grpo.loss.kl_estimator = "k3"
-    c.grpo.loss.clip_eps_low = 0.2
-    c.grpo.loss.clip_eps_high = 0.2
-    c.grpo.loss.aggregation = "seq_mean_token_mean"
-
-    c.optim = mlc.ConfigDict()
-    c.optim.learning_rate = 1e-6
-    c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 10
-    c.optim.total_steps = 100
-    c.optim.weight_decay = 0.01
-    c.optim.max_grad_norm = 1.0
-
-    c.packing = mlc.ConfigDict()
-    c.packing.tokens_per_micro = 16_384
-    c.packing.min_row_len = 128
-    c.packing.merge_prefixes = True  # steps whose context only grew share one packed chain
-
-    c.trainer = mlc.ConfigDict()
-    c.trainer.epochs = 1
-    c.trainer.num_minibatches = 1
-    c.trainer.logprob_chunk = 256
-
-    c.train = mlc.ConfigDict()
-    c.train.steps = 100  # the paper trains ~100 GRPO steps
-    c.train.save_every = 10
-    c.train.keep_checkpoints = 3
-    c.train.export = True
-
-    c.sft = mlc.ConfigDict()
-    c.sft.steps = 0
-    c.sft.rows_per_step = 32  # at least this many: whole expert trajectories are taken
-    c.sft.learning_rate = 5e-5  # ours: the warm start moves much further than RL steps do
+    c.policy = "model"
+    for name, cls in GRPO_BLOCKS.items():
+        c[name] = dataclass_config.block(cls)
     return c
+
+
+def blocks_of(config: mlc.ConfigDict) -> dict[str, type]:
+    """The dataclass of each block present in `config`."""
+    return {k: v for k, v in (BASE_BLOCKS | GRPO_BLOCKS).items() if k in config}
+
+
+def describe(config: mlc.ConfigDict) -> str:
+    """The resolved config, one `key = value  # comment` line per setting (`--print_config`)."""
+    lines = []
+    for key in TOP_LEVEL_COMMENTS:
+        if key in config:
+            lines.append(_line(key, config[key], TOP_LEVEL_COMMENTS[key]))
+    for key, value in config.items():
+        if key not in TOP_LEVEL_COMMENTS and key not in blocks_of(config):
+            lines.append(_line(key, value, ""))
+    for name, cls in blocks_of(config).items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        lines.append(f"\n# {name}: {doc}")
+        comments = dataclass_config.comments(cls)
+        for path, _, _ in dataclass_config.walk(cls):
+            value: Any = config[name]
+            for part in path.split("."):
+                value = value[part]
+            lines.append(_line(f"{name}.{path}", value, comments.get(path, "")))
+    return "\n".join(lines)
+
+
+def _line(key: str, value, comment: str) -> str:
+    if isinstance(value, mlc.ConfigDict):
+        value = value.to_dict()
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{key} = {text}" + (f"  # {comment}" if comment else "")
 
 
 def env_eval_config(bench: str, env: dict, preset: str | None) -> mlc.ConfigDict:
@@ -157,13 +144,13 @@ def env_eval_config(bench: str, env: dict, preset: str | None) -> mlc.ConfigDict
     Presets: oracle (the benchmark's expert through our protocol), random (the robustness
     floor), smollm2_cpu (the embedded model on 3 tasks).
     """
-    c = base_config()
+    c: Any = base_config()  # ConfigDict attributes are dynamic; its stubs type them as values
     c.bench = bench
     c.env.update(env)
     c.data.limit = 10
     c.memory.prompt_style = "compact"
+    c.sampling.update(temperature=0.0, max_new_tokens=256)  # greedy evaluation
     c.episode.max_actions_per_turn = 2  # memory turns allowed before each environment action
-    c.episode.max_env_steps = 30  # AgentBoard's step limit
     preset = preset or "oracle"
     if preset in ("oracle", "random"):
         c.policy = preset

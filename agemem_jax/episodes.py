@@ -50,6 +50,7 @@ class EpisodeConfig:
     n_max: int = 30  # rounds (actions) before the round penalty applies
     introspective_top_k: int = 3
     instructions: str = HOTPOTQA_INSTRUCTIONS
+    max_env_steps: int = 30  # interactive benchmarks: environment actions (AgentBoard's limit)
 
     @classmethod
     def from_any(cls, cfg: Mapping[str, Any] | EpisodeConfig | None = None, **overrides):

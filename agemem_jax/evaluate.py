@@ -7,6 +7,7 @@ Writes, under `workdir/eval/`:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,6 +22,14 @@ from agemem_jax.chat import ChatFormat
 from agemem_jax.episodes import Trajectory, score, summarize
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How an evaluation batches its episodes: the `eval` config block."""
+
+    batch_tasks: int = 8  # tasks whose episodes run together (one sampler batch)
+    group_size: int = 1  # rollouts per task
+
+
 def load_policy_stack(config):
     """(policy, chat, summarize, judge_generate) for `config`; loads the model only if used."""
     needs_model = (
@@ -31,9 +40,7 @@ def load_policy_stack(config):
 
         chat = ChatFormat(load_tokenizer(config.model.checkpoint))
         return builders.text_policy(config.policy, config), chat, None, None
-    from agemem_jax import rollout
-
-    stack = rollout.ModelStack.from_config(config)
+    stack = builders.model_stack(config)
     policy = (
         stack.policy if config.policy == "model" else builders.text_policy(config.policy, config)
     )

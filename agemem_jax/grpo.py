@@ -24,14 +24,56 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from agemem_jax import builders, rl_loss
+from agemem_jax import builders, models, rl_loss
+from agemem_jax.chat import ChatFormat
 from agemem_jax.checkpointing import Checkpointer
+from agemem_jax.data import Task
+from agemem_jax.dataclass_config import build as build_block
 from agemem_jax.distributed import is_main
 from agemem_jax.episodes import EpisodeRunner, Trajectory, score, summarize
+from agemem_jax.judges import Judge
 from agemem_jax.metrics_log import MetricsWriter
-from agemem_jax.packing import StepRow
-from agemem_jax.rollout import ModelStack, SamplingConfig
-from agemem_jax.train_step import Trainer
+from agemem_jax.optim import OptimConfig
+from agemem_jax.packing import PackingConfig, StepRow
+from agemem_jax.rewards import RewardConfig
+from agemem_jax.rl_loss import LossConfig
+from agemem_jax.rollout import ModelStack
+from agemem_jax.sampler import SamplingConfig
+from agemem_jax.sharding import MeshConfig
+from agemem_jax.train_step import Trainer, UpdateConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """Rollout groups and the objective: the `grpo` config block (spec section 5)."""
+
+    tasks_per_step: int = 2  # B: tasks per GRPO step (ours)
+    group_size: int = 8  # K: rollouts per task (spec)
+    advantage_eps: float = 1e-6  # ε in A = (r - mean) / (std + ε)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+
+    def __post_init__(self):
+        if self.tasks_per_step < 1 or self.group_size < 2:
+            raise ValueError("grpo needs tasks_per_step >= 1 and group_size >= 2 (a group's std)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The loop around the update: the `train` config block."""
+
+    steps: int = 100  # GRPO steps (the paper trains ~100)
+    save_every: int = 10  # checkpoint interval in steps (the last step always saves)
+    keep_checkpoints: int = 3  # newest checkpoints kept
+    export: bool = True  # write the final policy as an HF folder (workdir/export)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """The cold-start SFT on the scripted expert's trajectories: the `sft` config block."""
+
+    steps: int = 0  # SFT updates; 0 = no warm start
+    rows_per_step: int = 32  # at least this many step rows: whole expert trajectories are taken
+    learning_rate: float = 5e-5  # ours: the warm start moves much further than RL steps do
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -89,26 +131,41 @@ class _Preemption:
 
 @dataclasses.dataclass
 class Setup:
+    """Everything one GRPO run holds, built once from its config by `build`."""
+
     trainer: Trainer
     stack: ModelStack
     runner: EpisodeRunner
-    tasks: list
-    judge: Any
-    reward_cfg: Any
+    tasks: list[Task]
+    judge: Judge
+    reward_cfg: RewardConfig
+    grpo: GRPOConfig
+    train: TrainConfig
+    seed: int
+
+
+def _trainer(model, config, loss, learning_rate: float | None = None) -> Trainer:
+    """The update for `model` under `config`'s optimizer, packing, update and mesh blocks."""
+    optim = build_block(OptimConfig, config.optim)
+    if learning_rate is not None:
+        optim = dataclasses.replace(optim, learning_rate=learning_rate)
+    mesh = build_block(MeshConfig, config.mesh)
+    return Trainer(
+        model,
+        loss=loss,
+        optim=optim,
+        packing=build_block(PackingConfig, config.packing),
+        update=build_block(UpdateConfig, config.trainer),
+        mesh=mesh.shape,
+        rules=mesh.train_rules,
+    )
 
 
 def build(config) -> Setup:
-    model, tokenizer = builders.model(config.model, config.seed)
-    trainer = Trainer(
-        model,
-        loss=config.grpo.loss,
-        optim=config.optim,
-        packing=config.packing,
-        update=config.trainer,
-        mesh=tuple(config.mesh.shape),
-        rules=config.mesh.train_rules,
-    )
-    sampling = SamplingConfig.from_any(config.sampling)
+    model, tokenizer = models.load(config.model, seed=config.seed)
+    g = build_block(GRPOConfig, config.grpo)
+    trainer = _trainer(model, config, g.loss)
+    sampling = build_block(SamplingConfig, config.sampling)
     mesh = trainer.mesh if trainer.mesh.size > 1 else None
     stack = ModelStack(
         trainer.model,
@@ -123,14 +180,17 @@ def build(config) -> Setup:
     if not tasks:
         raise ValueError("the dataset gave no tasks")
     judge = builders.judge(config.judge, stack.complete_batch)
-    return Setup(trainer, stack, runner, tasks, judge, builders.reward_config(config.reward))
+    return Setup(
+        trainer, stack, runner, tasks, judge, builders.reward_config(config.reward), g,
+        build_block(TrainConfig, config.train), int(config.seed),
+    )  # fmt: skip
 
 
 def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) GRPO; returns the metrics of the steps run in this call."""
     workdir = Path(workdir)
     s = build(config)
-    t = config.train
+    t = s.train
     ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, save_every=t.save_every)
     writer = MetricsWriter(workdir)
     start = 0
@@ -148,7 +208,7 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
     )
     with _Preemption() as preempt:
         for step in bar:
-            metrics = grpo_step(s, step, config)
+            metrics = grpo_step(s, step)
             history.append(metrics)
             writer.write(step + 1, metrics)
             logging.info(
@@ -173,14 +233,14 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
     return history
 
 
-def grpo_step(s: Setup, step: int, config) -> dict[str, Any]:
-    g = config.grpo
+def grpo_step(s: Setup, step: int) -> dict[str, Any]:
+    g = s.grpo
     b, k = g.tasks_per_step, g.group_size
     cursor = (step * b) % len(s.tasks)
     batch = [s.tasks[(cursor + i) % len(s.tasks)] for i in range(b)]
     t0 = time.perf_counter()
     s.stack.set_model(s.trainer.model)
-    trajs = s.runner.run(batch, s.stack.policy, group_size=k, seed=step_seed(config.seed, step))
+    trajs = s.runner.run(batch, s.stack.policy, group_size=k, seed=step_seed(s.seed, step))
     score(trajs, s.judge, s.runner.cfg, s.reward_cfg)
     rollout_s = time.perf_counter() - t0
     rewards = np.asarray([tr.reward.total for tr in trajs], np.float64).reshape(b, k)
@@ -213,8 +273,7 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     from agemem_jax.policies import ScriptedPolicy
 
     workdir = Path(workdir)
-    model, tokenizer = builders.model(config.model, config.seed)
-    from agemem_jax.chat import ChatFormat
+    model, tokenizer = models.load(config.model, seed=config.seed)
 
     chat = ChatFormat(tokenizer)
     runner = builders.runner(chat, config, builders.summarizer("extractive"))
@@ -228,22 +287,15 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     episodes = [e for e in episodes if e]
     if not episodes:
         raise ValueError("the scripted expert produced no steps to learn from")
-    trainer = Trainer(
-        model,
-        loss={"kl_beta": 0.0},
-        optim={**config.optim.to_dict(), "learning_rate": config.sft.learning_rate},
-        packing=config.packing,
-        update=config.trainer,
-        mesh=tuple(config.mesh.shape),
-        rules=config.mesh.train_rules,
-    )
+    sft_cfg = build_block(SFTConfig, config.sft)
+    trainer = _trainer(model, config, LossConfig(kl_beta=0.0), sft_cfg.learning_rate)
     writer = MetricsWriter(workdir, "sft_metrics.jsonl", tensorboard=False)
     rng = np.random.default_rng(config.seed)
     order: list[int] = []  # trajectories left in this epoch's shuffled order
     history = []
-    for step in tqdm(range(config.sft.steps), desc="sft", disable=not progress):
+    for step in tqdm(range(sft_cfg.steps), desc="sft", disable=not progress):
         batch: list[StepRow] = []
-        while len(batch) < config.sft.rows_per_step:
+        while len(batch) < sft_cfg.rows_per_step:
             if not order:
                 order = rng.permutation(len(episodes)).tolist()
             batch += episodes[order.pop()]

@@ -535,6 +535,20 @@ class HttpJudge(LLMJudge):
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Which judge scores answers and memories: the `judge` config block."""
+
+    kind: str = "rule"  # rule | local (a model) | http (OpenAI-compatible endpoint)
+    base_url: str = ""  # http: e.g. http://127.0.0.1:8000/v1
+    model: str = ""  # http: the served model's name
+    api_key_env: str = "OPENAI_API_KEY"  # http: environment variable holding the key
+    timeout: float = 30.0  # http: seconds per request
+    max_retries: int = 3  # http: retries on connection errors, 429 and 5xx
+    concurrency: int = 4  # http: requests in flight
+    cache_path: str = ""  # http: JSONL reply cache reused across runs (empty: memory only)
+
+
 def make_judge(spec: str | Mapping | None = "rule", /, **overrides) -> Judge:
     """A judge from a name or a config mapping (plain dict or ml_collections ConfigDict).
 

@@ -12,22 +12,24 @@ from typing import Any
 import jax
 import optax
 
-from agemem_jax.rl_loss import config_from
+from agemem_jax.dataclass_config import build
 
 SCHEDULES = ("cosine", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    learning_rate: float = 1e-6
-    schedule: str = "cosine"
-    warmup_steps: int = 10
+    """AdamW and its learning-rate schedule: the `optim` config block."""
+
+    learning_rate: float = 1e-6  # peak learning rate
+    schedule: str = "cosine"  # cosine | constant (both after a linear warmup)
+    warmup_steps: int = 10  # optimizer updates of linear warmup from 0
     total_steps: int = 100  # optimizer updates the cosine decays over (spec: ~100 GRPO steps)
     final_lr_fraction: float = 0.1  # cosine ends at learning_rate · this
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
+    b1: float = 0.9  # AdamW first-moment decay
+    b2: float = 0.999  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator epsilon
+    weight_decay: float = 0.01  # decoupled weight decay (matrices only unless decay_vectors)
     decay_vectors: bool = False  # decay norm scales and biases too (usually not wanted)
     max_grad_norm: float = 1.0  # 0 or less disables clipping
 
@@ -42,9 +44,6 @@ class OptimConfig:
                 f"({self.warmup_steps})"
             )
 
-    @classmethod
-    def make(cls, cfg: Any = None, **overrides) -> OptimConfig:
-        return config_from(cls, cfg, **overrides)
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -69,7 +68,7 @@ def make_optimizer(
     cfg: OptimConfig | Any = None, **overrides
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(optimizer, learning-rate schedule). The schedule is returned so the trainer can log it."""
-    cfg = OptimConfig.make(cfg, **overrides)
+    cfg = build(OptimConfig, cfg, **overrides)
     schedule = make_schedule(cfg)
 
     def decay_mask(params):

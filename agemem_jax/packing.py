@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from agemem_jax.rl_loss import config_from
+from agemem_jax.dataclass_config import build
 
 
 @dataclasses.dataclass
@@ -60,10 +60,12 @@ class PackingConfig:
     number of batch shards so every micro-batch splits evenly across devices.
     """
 
-    tokens_per_micro: int = 4096
-    min_row_len: int = 128
+    # Tokens per micro-batch. 16,384 = `max_row_len`, so one spec-length row (T_max + the max
+    # response) always fits one micro-batch; CPU presets name a smaller value.
+    tokens_per_micro: int = 16_384
+    min_row_len: int = 128  # shortest packed row; rows are power-of-two multiples of it
     max_row_len: int = 16_384  # T_max 8192 + max response 2048, rounded up to a power of two
-    row_multiple: int = 1
+    row_multiple: int = 1  # rows per micro-batch divide by this (the trainer lcm's in its shards)
     merge_prefixes: bool = True  # pack a step row into the previous one when it extends it
 
     def __post_init__(self):
@@ -72,9 +74,6 @@ class PackingConfig:
         if self.max_row_len < self.min_row_len:
             raise ValueError(f"max_row_len {self.max_row_len} < min_row_len {self.min_row_len}")
 
-    @classmethod
-    def make(cls, cfg: Any = None, **overrides) -> PackingConfig:
-        return config_from(cls, cfg, **overrides)
 
 
 class PackedBatch(NamedTuple):
@@ -190,7 +189,7 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
     the numerator or the denominator). With `merge_prefixes`, rows that extend the previous
     row are packed as one chain (module docstring).
     """
-    cfg = PackingConfig.make(cfg, **overrides)
+    cfg = build(PackingConfig, cfg, **overrides)
     seqs = []  # (index, tokens, mask, old)
     locations: list[Any] = [None] * len(rows)
     dropped = 0

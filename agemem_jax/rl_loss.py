@@ -28,29 +28,6 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 
-def config_from(cls, cfg: Any = None, **overrides):
-    """Build dataclass `cls` from None, an instance, a dict or an ml_collections ConfigDict.
-
-    Unknown keys raise one clear error, so a typo in a sweep flag never passes silently.
-    """
-    if isinstance(cfg, cls):
-        return dataclasses.replace(cfg, **overrides) if overrides else cfg
-    if cfg is None:
-        values: dict[str, Any] = {}
-    elif hasattr(cfg, "to_dict"):
-        values = cfg.to_dict()
-    elif isinstance(cfg, Mapping):
-        values = dict(cfg)
-    else:
-        raise TypeError(f"{cls.__name__}: expected a mapping or ConfigDict, got {type(cfg)}")
-    values.update(overrides)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
-
-
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """Everything about the GRPO objective a researcher may sweep.
@@ -60,13 +37,13 @@ class LossConfig:
     "mean over experiences" with each step row's tokens averaged, as in the GRPO paper.
     """
 
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
+    clip_eps_low: float = 0.2  # PPO clip: ratio >= 1 - this for negative advantages
+    clip_eps_high: float = 0.2  # PPO clip: ratio <= 1 + this for positive advantages
     log_ratio_clamp: float = 20.0  # |log π_θ/π_old| bound before exp: no inf ratio, no NaN grad
-    kl_beta: float = 0.1
-    kl_estimator: str = "k3"
+    kl_beta: float = 0.1  # β of the KL to the frozen initial policy (spec); 0 = no reference
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (k3: unbiased and non-negative)
     kl_clamp: float = 10.0  # bound on the per-token KL estimate (and its log-ratio)
-    aggregation: str = "seq_mean_token_mean"
+    aggregation: str = "seq_mean_token_mean"  # token_mean | seq_mean_token_mean | ..._sum_norm
     # seq_mean_token_sum_norm divides each row's token sum by this constant (max response length)
     # rather than by its own length, so long and short actions weigh per token alike.
     token_sum_norm: float = 2048.0
@@ -86,9 +63,6 @@ class LossConfig:
         if self.token_sum_norm <= 0 or self.log_ratio_clamp <= 0 or self.kl_clamp <= 0:
             raise ValueError("token_sum_norm, log_ratio_clamp and kl_clamp must be > 0")
 
-    @classmethod
-    def make(cls, cfg: Any = None, **overrides) -> LossConfig:
-        return config_from(cls, cfg, **overrides)
 
 
 # ---------------------------------------------------------------- advantages (host side)

@@ -9,37 +9,11 @@ re-prefilled. Nothing the model produced is ever re-tokenized.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 from agemem_jax.chat import ChatFormat
 from agemem_jax.policies import Action, AgentView
-from agemem_jax.sampling import SamplerSession, SamplingParams, generate
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    stop: tuple[str, ...] = ("</tool_call>", "</answer>")
-    summary_max_new_tokens: int = 256
-
-    @classmethod
-    def from_any(cls, cfg: Any = None, **overrides) -> SamplingConfig:
-        values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})) | overrides
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown sampling settings {unknown}")
-        if "stop" in values:
-            values["stop"] = tuple(values["stop"])
-        return cls(**values)
-
-    @property
-    def params(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p)
+from agemem_jax.sampler import SamplerSession, SamplingConfig, generate
 
 
 class ModelPolicy:
@@ -108,6 +82,8 @@ class ModelPolicy:
         actions = []
         for v in views:
             c = outs[v.row]
+            if c is None:  # cannot happen: every view's row was asked to decode
+                raise RuntimeError(f"the sampler returned nothing for row {v.row}")
             self._cached[v.row] = tuple(v.prompt_ids) + tuple(c.tokens)
             self.stats["generated_tokens"] += len(c.tokens)
             actions.append(
@@ -131,23 +107,6 @@ class ModelStack:
         self.sampling = sampling
         self.mesh = mesh
         self.policy = ModelPolicy(model, tokenizer, sampling, max_len=max_len, mesh=mesh)
-
-    @classmethod
-    def from_config(cls, config) -> ModelStack:
-        from agemem_jax.models import load_checkpoint
-
-        m = config.model
-        model, tokenizer = load_checkpoint(
-            m.checkpoint,
-            m.dtype,
-            param_dtype=m.param_dtype or None,
-            scan_layers=m.scan_layers,
-            remat_policy=m.remat_policy,
-        )
-        sampling = SamplingConfig.from_any(config.sampling)
-        return cls(
-            model, tokenizer, sampling, max_len=config.memory.t_max + sampling.max_new_tokens
-        )
 
     def set_model(self, model) -> None:
         """Sample with new weights from the next batch of episodes on (GRPO's π_old)."""

@@ -8,6 +8,7 @@ weights, batch over data and fsdp) without touching model code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -36,6 +37,20 @@ TRAIN_RULES: Rules = (
 SAMPLE_RULES: Rules = tuple((k, None if k == "embed" else v) for k, v in TRAIN_RULES)
 
 RULE_TABLES = {"train": TRAIN_RULES, "sample": SAMPLE_RULES}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh and the rule tables of each phase: the `mesh` config block."""
+
+    shape: tuple[int, ...] = (1, 1, -1)  # (data, fsdp, tensor); -1 takes the remaining devices
+    sample_rules: str = "sample"  # RULE_TABLES entry for rollouts
+    train_rules: str = "train"  # RULE_TABLES entry for the update
+
+    def __post_init__(self):
+        for name in (self.sample_rules, self.train_rules):
+            if name not in RULE_TABLES:
+                raise ValueError(f"unknown rule table {name!r}; choose one of {sorted(RULE_TABLES)}")
 
 
 def make_mesh(shape: Sequence[int] = (1, 1, -1), axes: Sequence[str] = MESH_AXES) -> Mesh:

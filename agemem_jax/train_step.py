@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from agemem_jax import rl_loss
 from agemem_jax import sharding as shd
+from agemem_jax.dataclass_config import build
 from agemem_jax.models.qwen.model import Decoder
 from agemem_jax.optim import OptimConfig, make_optimizer
 from agemem_jax.packing import Packed, PackedBatch, PackingConfig, StepRow, pack, split_minibatches
@@ -45,11 +46,13 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class UpdateConfig:
+    """How a rollout batch becomes optimizer updates: the `trainer` config block."""
+
     epochs: int = 1  # optimizer passes over each rollout batch
     num_minibatches: int = 1  # optimizer updates per epoch
     logprob_chunk: int = 256  # sequence positions per block of logits
     shuffle_seed: int = 0  # minibatch split; derived per update so resuming is exact
-    sft_aggregation: str = "token_mean"
+    sft_aggregation: str = "token_mean"  # loss aggregation of the cold-start SFT
 
     def __post_init__(self):
         if self.epochs < 1 or self.num_minibatches < 1 or self.logprob_chunk < 1:
@@ -57,9 +60,6 @@ class UpdateConfig:
         if self.sft_aggregation not in rl_loss.AGGREGATIONS:
             raise ValueError(f"sft_aggregation must be one of {rl_loss.AGGREGATIONS}")
 
-    @classmethod
-    def make(cls, cfg: Any = None, **overrides) -> UpdateConfig:
-        return rl_loss.config_from(cls, cfg, **overrides)
 
 
 # ------------------------------------------------------------------ log-probs
@@ -123,9 +123,9 @@ class Trainer:
         mesh: Mesh | Sequence[int] | None = None,
         rules: shd.Rules | str = "train",
     ):
-        self.loss_cfg = rl_loss.LossConfig.make(loss)
-        self.optim_cfg = OptimConfig.make(optim)
-        self.update_cfg = UpdateConfig.make(update)
+        self.loss_cfg = build(rl_loss.LossConfig, loss)
+        self.optim_cfg = build(OptimConfig, optim)
+        self.update_cfg = build(UpdateConfig, update)
         if mesh is None or not isinstance(mesh, Mesh):
             mesh = shd.make_mesh((1, -1, 1) if mesh is None else tuple(mesh))
         self.mesh = mesh
@@ -133,7 +133,7 @@ class Trainer:
         batch_shards = math.prod(
             mesh.shape[a] for a in _batch_mesh_axes(self.rules) if a in mesh.shape
         )
-        self.packing_cfg = PackingConfig.make(packing)
+        self.packing_cfg = build(PackingConfig, packing)
         if self.packing_cfg.row_multiple % batch_shards:
             self.packing_cfg = dataclasses.replace(
                 self.packing_cfg, row_multiple=math.lcm(self.packing_cfg.row_multiple, batch_shards)

@@ -55,7 +55,7 @@ def play_timed(env: TextEnv, choose, resets: list, steps: list, choices: list) -
 def decode_seconds(new_tokens: int = 32) -> float:
     """Seconds for the embedded model to decode one `new_tokens`-token action at batch 1."""
     from agemem_jax.models import load_checkpoint
-    from agemem_jax.sampling import SamplerSession
+    from agemem_jax.sampler import SamplerSession
 
     model, tokenizer = load_checkpoint("smollm2-135m-instruct")
     session = SamplerSession(model, tokenizer, batch_size=1, eos_ids=())

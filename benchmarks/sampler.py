@@ -39,7 +39,7 @@ import numpy as np
 
 from agemem_jax.chat import ChatFormat
 from agemem_jax.models import load_checkpoint, resolve_path
-from agemem_jax.sampling import SamplerSession, compile_count
+from agemem_jax.sampler import SamplerSession, compile_count
 
 MODEL = "smollm2-135m-instruct"
 SYSTEM = "You are a helpful assistant."

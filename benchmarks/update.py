@@ -37,17 +37,7 @@ from agemem_jax.models.qwen.model import Decoder, ModelConfig
 from agemem_jax.packing import StepRow, pack
 from agemem_jax.train_step import Trainer
 
-TINY = ModelConfig(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    qk_norm=True,
-    architecture="Qwen3ForCausalLM",
-)
+TINY = ModelConfig.tiny(vocab_size=512)
 
 
 def matmul_roof(n: int = 1024, repeats: int = 10) -> float:

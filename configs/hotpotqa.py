@@ -19,6 +19,8 @@ from agemem_jax.data import SHARED_SAMPLE
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     preset = arg or "synthetic_cpu"
     c = base_config()
+    # Evaluation is greedy and, on CPU, short: 256 tokens hold every action of the protocol.
+    c.sampling.update(temperature=0.0, max_new_tokens=256)
     if preset == "synthetic_cpu":
         c.data.source = "synthetic"
     elif preset == "hotpotqa_cpu":

@@ -18,24 +18,25 @@ import ml_collections as mlc
 
 from agemem_jax.config_lib import grpo_config
 
+# The paper's backbones (spec section 7): preset -> checkpoint folder to point at. Their shapes
+# are `ModelConfig.preset("qwen3_4b")` and `("qwen25_7b")` for runs without weights.
+PAPER_BACKBONES = {
+    "qwen3_4b_tpu": "/path/to/Qwen3-4B-Instruct-2507",
+    "qwen25_7b_gpu": "/path/to/Qwen2.5-7B-Instruct",
+}
+
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     preset = arg or "tiny_cpu"
     c = grpo_config()
-    c.policy = "model"
     if preset == "tiny_cpu":
-        c.model.random.update(
-            vocab_size=0,  # 0: the tokenizer's size
-            hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-            head_dim=16, qk_norm=True, tie_word_embeddings=True, rope_theta=1e6,
-            architecture="Qwen3ForCausalLM", max_position_embeddings=4096,
-        )  # fmt: skip
-        c.model.tokenizer = "smollm2-135m-instruct"
+        c.model.update(random="tiny", tokenizer="smollm2-135m-instruct")
         c.encoder = "hash"
         c.data.limit = 8
         c.episode.update(t1=1, t2=1, t3=2, max_actions_per_turn=1)
         c.sampling.max_new_tokens = 16
         c.memory.t_max = 2048
+        c.packing.tokens_per_micro = 4096
         c.grpo.update(tasks_per_step=1, group_size=4)
         c.optim.update(learning_rate=1e-3, warmup_steps=0, schedule="constant")
         c.train.update(steps=3, save_every=1, export=False)
@@ -55,24 +56,17 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.train.update(steps=2, save_every=1)
         # One expert trajectory per step; 12 steps take the SFT loss from 1.5 to ~0.1.
         c.sft.update(steps=12, rows_per_step=6, learning_rate=1e-4)
-    elif preset == "qwen3_4b_tpu":
-        c.model.update(checkpoint="/path/to/Qwen3-4B-Instruct-2507", dtype="bfloat16",
-                       scan_layers=True, remat_policy="dots_no_batch")  # fmt: skip
+    elif preset in PAPER_BACKBONES:
+        # The paper's setting: HotpotQA train split, B=8 x K=8, bf16, spec sizes (T_max 8192,
+        # 2048-token responses are the defaults). Point model.checkpoint at the HF folder.
+        c.model.update(checkpoint=PAPER_BACKBONES[preset], dtype="bfloat16", scan_layers=True,
+                       remat_policy="dots_no_batch")  # fmt: skip
         c.mesh.shape = (1, -1, 1)
         c.data.update(source="hotpotqa", path="", split="train", limit=0)
-        c.grpo.update(tasks_per_step=8, group_size=8)
+        c.grpo.tasks_per_step = 8
         c.summarizer = "policy"
-        c.sampling.max_new_tokens = 2048  # spec: max response length
-    elif preset == "qwen25_7b_gpu":
-        c.model.update(checkpoint="/path/to/Qwen2.5-7B-Instruct", dtype="bfloat16",
-                       scan_layers=True, remat_policy="dots_no_batch")  # fmt: skip
-        c.mesh.shape = (1, -1, 1)
-        c.data.update(source="hotpotqa", path="", split="train", limit=0)
-        c.grpo.update(tasks_per_step=8, group_size=8)
-        c.summarizer = "policy"
-        c.sampling.max_new_tokens = 2048
     else:
         raise ValueError(
-            f"unknown preset {preset!r}: tiny_cpu, smollm2_cpu, qwen3_4b_tpu, qwen25_7b_gpu"
+            f"unknown preset {preset!r}: tiny_cpu, smollm2_cpu, {', '.join(PAPER_BACKBONES)}"
         )
     return c

@@ -44,7 +44,7 @@ def eval_config(config, checkpoint: str, n_tasks: int):
     """Greedy evaluation of `checkpoint` on tasks the training never saw (another data seed)."""
     c = copy.deepcopy(config)
     c.model.checkpoint = checkpoint
-    c.model.random = {}
+    c.model.random = ""
     c.policy = "model"
     c.sampling.temperature = 0.0
     c.data.seed = config.data.seed + 1

@@ -17,15 +17,17 @@ from agemem_jax.evaluate import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and trajectories go.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    if cli.printed_config(config):
+        return
     distributed.initialize(config.get("multihost"))
-    metrics = evaluate(config, _WORKDIR.value)
+    metrics = evaluate(config, cli.required(_WORKDIR))
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
 
 

@@ -13,15 +13,17 @@ from agemem_jax import cli, distributed, grpo
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the exported policy.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    if cli.printed_config(config):
+        return
     distributed.initialize(config.get("multihost"))
-    grpo.sft(config, _WORKDIR.value)
+    grpo.sft(config, cli.required(_WORKDIR))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from agemem_jax.config_lib import from_file
 from agemem_jax.metrics_log import flatten, read_jsonl
 from agemem_jax.models import Decoder, ModelConfig
 from agemem_jax.packing import StepRow
-from agemem_jax.sampling import generate
+from agemem_jax.sampler import generate
 from agemem_jax.train_step import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def tiny_tok_dir(tmp_path_factory):
 def tiny_config(tok_dir, **train):
     c = load_preset("tiny_cpu")
     c.model.tokenizer = str(tok_dir)
-    c.model.random.vocab_size = 128
+    c.model.vocab_size = 128
     c.train.update(train)
     return c
 
@@ -54,10 +54,7 @@ def bandit_run(lr: float, steps: int = 12, seed: int = 0) -> list[float]:
     Nothing is mocked: rollouts are sampled (temperature 1) with their raw log-probs as π_old,
     advantages are GRPO's group-normalized ones, and the update is the trainer's.
     """
-    cfg = ModelConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-        num_kv_heads=2, head_dim=8, qk_norm=True, architecture="Qwen3ForCausalLM",
-    )  # fmt: skip
+    cfg = ModelConfig.tiny(vocab_size=64)
     model = Decoder(cfg, rngs=nnx.Rngs(seed))
     trainer = Trainer(
         model,
@@ -129,7 +126,7 @@ def test_sigterm_saves_then_stops(tiny_tok_dir, tmp_path):
     cmd = [
         sys.executable, "experiments/train.py", "--config=configs/hotpotqa_grpo.py:tiny_cpu",
         f"--workdir={tmp_path}", f"--config.model.tokenizer={tiny_tok_dir}",
-        "--config.model.random.vocab_size=128", "--config.train.steps=50",
+        "--config.model.vocab_size=128", "--config.train.steps=50",
         "--config.train.save_every=100",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -162,6 +159,6 @@ def test_sft_then_export(tiny_tok_dir, tmp_path):
         return
     # The export is a checkpoint the RL config can start from.
     c2 = tiny_config(tiny_tok_dir, steps=1, export=False)
-    c2.model.random = {}
+    c2.model.random = ""
     c2.model.checkpoint = str(export)
     assert len(grpo.train(c2, tmp_path / "rl", progress=False)) == 1

@@ -118,10 +118,7 @@ def test_extend_matches_full_forward(tiny):
 
 
 def test_segment_ids_isolate_packed_sequences():
-    cfg = ModelConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-        num_kv_heads=2, head_dim=8, qk_norm=True,
-    )  # fmt: skip
+    cfg = ModelConfig.tiny(vocab_size=64)
     model = Decoder(cfg, rngs=nnx.Rngs(0))
     a, b = np.arange(5, 10), np.arange(20, 26)
     packed = jnp.asarray(np.concatenate([a, b])[None])

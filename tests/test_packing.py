@@ -188,7 +188,7 @@ def test_pack_errors_are_clear():
         pack([StepRow([1], [3], [-1.0], 1.0, action_mask=[0])])
     with pytest.raises(ValueError, match="not finite"):
         pack([StepRow([1], [3], [-1.0], float("nan"))])
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="unknown setting"):
         pack([ok], {"tokens_per_batch": 4})
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agemem_jax import rl_loss
+from agemem_jax.dataclass_config import build
 from agemem_jax.rl_loss import LossConfig
 
 
@@ -227,11 +228,11 @@ def test_sft_loss_is_masked_mean_nll():
 
 def test_config_accepts_mappings_and_rejects_typos():
     cd = ml_collections.ConfigDict({"kl_beta": 0.05, "kl_estimator": "k2"})
-    cfg = LossConfig.make(cd)
+    cfg = build(LossConfig, cd)
     assert cfg.kl_beta == 0.05 and cfg.kl_estimator == "k2" and cfg.clip_eps_low == 0.2
-    assert LossConfig.make().kl_beta == 0.1 and LossConfig.make().kl_estimator == "k3"
-    with pytest.raises(ValueError, match="unknown option"):
-        LossConfig.make({"kl_coef": 0.1})
+    assert build(LossConfig).kl_beta == 0.1 and build(LossConfig).kl_estimator == "k3"
+    with pytest.raises(ValueError, match="unknown setting"):
+        build(LossConfig, {"kl_coef": 0.1})
     with pytest.raises(ValueError, match="kl_estimator"):
         LossConfig(kl_estimator="k4")
     with pytest.raises(ValueError, match="aggregation"):

@@ -21,7 +21,7 @@ from scipy import stats
 from agemem_jax.chat import ChatFormat
 from agemem_jax.models import load_checkpoint, resolve_path
 from agemem_jax.models.qwen.model import Decoder, ModelConfig
-from agemem_jax.sampling import (
+from agemem_jax.sampler import (
     SamplerSession,
     SamplingParams,
     compile_count,
@@ -54,10 +54,7 @@ def hf_smol():
 
 
 def tiny_model(vocab=128, scan=False, seed=0) -> Decoder:
-    cfg = ModelConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-        num_kv_heads=2, head_dim=8, max_position_embeddings=512, scan_layers=scan,
-    )  # fmt: skip
+    cfg = ModelConfig.tiny(vocab_size=vocab, max_position_embeddings=512, scan_layers=scan)
     return Decoder(cfg, rngs=nnx.Rngs(seed))
 
 
@@ -401,11 +398,10 @@ MESH_SCRIPT = textwrap.dedent(
     from flax import nnx
     from agemem_jax import sharding as shd
     from agemem_jax.models.qwen.model import Decoder, ModelConfig
-    from agemem_jax.sampling import SamplerSession, generate
+    from agemem_jax.sampler import SamplerSession, generate
 
     assert jax.device_count() == 8
-    cfg = ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=48, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512)
+    cfg = ModelConfig.tiny(vocab_size=128, max_position_embeddings=512)
     model = Decoder(cfg, rngs=nnx.Rngs(0))
     mesh = shd.make_mesh((2, 2, 2))
     rng = np.random.default_rng(0)

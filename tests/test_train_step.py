@@ -17,6 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
+from agemem_jax.dataclass_config import build
 from agemem_jax.models.qwen.model import Decoder, ModelConfig
 from agemem_jax.optim import OptimConfig, make_optimizer
 from agemem_jax.packing import StepRow, pack
@@ -24,18 +25,7 @@ from agemem_jax.train_step import Trainer, chunked_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CFG = ModelConfig(
-    vocab_size=96,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    qk_norm=True,
-    rope_theta=1e6,
-    architecture="Qwen3ForCausalLM",
-)
+CFG = ModelConfig.tiny(vocab_size=96)
 CONSTANT_LR = dict(warmup_steps=0, schedule="constant")
 
 
@@ -236,7 +226,7 @@ def test_trainer_input_errors():
         trainer.step([])
     with pytest.raises(ValueError, match="kind"):
         trainer.gradients(packed, kind="ppo")
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="unknown setting"):
         Trainer(tiny_model(), update=dict(epoch=2))
 
 
@@ -269,7 +259,7 @@ def test_adamw_clips_global_norm_and_decays_only_matrices():
     _, st = tx_clip.update(huge, tx_clip.init(params), params)
     mu = st[1][0].mu
     assert float(optax.global_norm(mu)) == pytest.approx(1.0, rel=1e-6)
-    assert float(OptimConfig.make(ml_collections.ConfigDict({"b2": 0.95})).b2) == 0.95
+    assert float(build(OptimConfig, ml_collections.ConfigDict({"b2": 0.95})).b2) == 0.95
 
 
 # ------------------------------------------------------------------ sharding

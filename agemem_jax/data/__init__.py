@@ -9,6 +9,7 @@ of a three-stage episode (stage-1 conversation, stage-2 distractors, stage-3 que
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from agemem_jax.data.hotpotqa import (
@@ -24,6 +25,7 @@ from agemem_jax.data.synthetic import answer_leaks, generate_synthetic
 
 __all__ = [
     "SHARED_SAMPLE",
+    "DataConfig",
     "DataError",
     "Task",
     "answer_leaks",
@@ -34,6 +36,25 @@ __all__ = [
     "make_task",
     "make_tasks",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where episodes come from: the `data` config block."""
+
+    source: str = "synthetic"  # synthetic (procedural multi-hop, offline) | hotpotqa
+    path: str = ""  # hotpotqa: a local JSON file; empty = the hub
+    split: str = "validation"  # hotpotqa split
+    limit: int = 20  # records; 0 = all of a file (synthetic: 100)
+    seed: int = 0  # generator, distractor choice and task order
+    n_distractors: int = 8  # synthetic: distractor paragraphs per record
+    comparison_fraction: float = 0.2  # synthetic: share of comparison questions
+
+    def __post_init__(self):
+        if self.source not in ("synthetic", "hotpotqa"):
+            raise ValueError(f"data.source={self.source!r}; choose 'synthetic' or 'hotpotqa'")
+        if self.limit < 0:
+            raise ValueError(f"data.limit must be >= 0, got {self.limit}")
 
 
 def load_records(

@@ -1,5 +1,6 @@
 """Checkpoint import and export: HF folders, GGUF files, and the embedded default model.
 
+model, tokenizer = load(LoadConfig())                  # what every experiment calls
 model, tokenizer = load_checkpoint("smollm2-135m-instruct")
 logits = model(input_ids, attention_mask)
 save_checkpoint(model, tokenizer, "out/")   # transformers can load "out/"
@@ -15,18 +16,23 @@ from pathlib import Path
 
 import jax
 from absl import logging
+from flax import nnx
 
+from agemem_jax import dataclass_config
 from agemem_jax import sharding as shd
 from agemem_jax.models.gguf_import import GGUFTensors, load_gguf_tokenizer
-from agemem_jax.models.qwen.model import Decoder, KVCache, ModelConfig
+from agemem_jax.models.qwen.model import PRESETS, REMAT_POLICIES, Decoder, KVCache, ModelConfig
 from agemem_jax.models.qwen.params import load_into_model, save_hf
 from agemem_jax.models.safetensors_io import CheckpointError, CheckpointReader
 
 __all__ = [
+    "PRESETS",
     "CheckpointError",
     "Decoder",
     "KVCache",
+    "LoadConfig",
     "ModelConfig",
+    "load",
     "load_checkpoint",
     "load_tokenizer",
     "resolve_path",
@@ -104,6 +110,59 @@ def load_checkpoint(
     else:
         raise CheckpointError(f"{p}: expected an HF folder or a .gguf file")
     model = load_into_model(cfg, tensors, mesh=mesh, rules=rules)
+    return model, tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadConfig:
+    """Which model an experiment runs and how it is laid out: the `model` config block."""
+
+    checkpoint: str = "smollm2-135m-instruct"  # HF folder, .gguf file, or embedded alias
+    dtype: str = "float32"  # compute dtype: float32 on CPU, bfloat16 on accelerators
+    param_dtype: str = ""  # empty: the same as dtype
+    scan_layers: bool = False  # one scanned layer: compile time flat in depth
+    remat_policy: str = "none"  # none | full | dots | dots_no_batch
+    random: str = ""  # a PRESETS shape, randomly initialized instead of `checkpoint` (tests)
+    vocab_size: int = 0  # with `random`: vocabulary size; 0 = the tokenizer's
+    tokenizer: str = ""  # with `random`: whose tokenizer (empty: `checkpoint`'s)
+
+    def __post_init__(self):
+        if self.random and self.random not in PRESETS:
+            raise ValueError(f"model.random={self.random!r}; choose one of {sorted(PRESETS)}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"model.remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}"
+            )
+
+
+def load(cfg=None, *, mesh: jax.sharding.Mesh | None = None, rules: shd.Rules | str = "train",
+         seed: int = 0):  # fmt: skip
+    """(model, tokenizer) for a `LoadConfig` (or its config block): the one model loader.
+
+    A random model takes its vocabulary from its tokenizer, so it speaks ChatML and the protocol's
+    tags are real tokens even though it knows nothing.
+    """
+    cfg = dataclass_config.build(LoadConfig, cfg)
+    param_dtype = cfg.param_dtype or cfg.dtype
+    if not cfg.random:
+        return load_checkpoint(
+            cfg.checkpoint, cfg.dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
+            scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy,
+        )  # fmt: skip
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.checkpoint)
+    shape = ModelConfig.preset(
+        cfg.random, dtype=cfg.dtype, param_dtype=param_dtype, scan_layers=cfg.scan_layers,
+        remat_policy=cfg.remat_policy,
+    )  # fmt: skip
+    vocab = cfg.vocab_size or shape.vocab_size or len(tokenizer)
+    shape = dataclasses.replace(
+        shape,
+        vocab_size=vocab,
+        eos_token_id=shape.eos_token_id if shape.eos_token_id is not None else tokenizer.eos_token_id,
+    )
+    model = Decoder(shape, rngs=nnx.Rngs(seed))
+    if mesh is not None:
+        model = shd.shard_module(model, mesh, rules)
     return model, tokenizer
 
 

@@ -40,6 +40,36 @@ REMAT_POLICIES = {
 }
 
 
+# Named shapes, as their HF config.json files give them. `vocab_size` 0 (tiny) means "the
+# tokenizer's size", filled in by whoever pairs the shape with a tokenizer.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        vocab_size=0, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=16, qk_norm=True, tie_word_embeddings=True, rope_theta=1e6,
+        architecture="Qwen3ForCausalLM", max_position_embeddings=4096,
+    ),
+    # The embedded default (SmolLM2-135M-Instruct), Llama architecture.
+    "smollm2_135m": dict(
+        vocab_size=49_152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+        num_kv_heads=3, head_dim=64, rope_theta=1e5, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        architecture="LlamaForCausalLM", max_position_embeddings=8192,
+    ),
+    # The paper's backbones (spec section 7).
+    "qwen3_4b": dict(
+        vocab_size=151_936, hidden_size=2560, intermediate_size=9728, num_layers=36,
+        num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=5e6, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, qk_norm=True, architecture="Qwen3ForCausalLM",
+        max_position_embeddings=262_144,
+    ),
+    "qwen25_7b": dict(
+        vocab_size=152_064, hidden_size=3584, intermediate_size=18_944, num_layers=28,
+        num_heads=28, num_kv_heads=4, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, qkv_bias=True, architecture="Qwen2ForCausalLM",
+        max_position_embeddings=32_768,
+    ),
+}  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shape and numerics of a decoder. `from_hf` reads a transformers `config.json` dict."""
@@ -110,6 +140,18 @@ class ModelConfig:
         )
         fields.update(overrides)
         return cls(**fields)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ModelConfig:
+        """A named shape from `PRESETS` (the paper's backbones, the embedded default, `tiny`)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**(PRESETS[name] | overrides))
+
+    @classmethod
+    def tiny(cls, **overrides) -> ModelConfig:
+        """A two-layer Qwen3-shaped decoder that compiles in seconds (tests, loop checks)."""
+        return cls.preset("tiny", **overrides)
 
     def to_hf(self) -> dict[str, Any]:
         """The transformers `config.json` for this model (used by export)."""

@@ -1,5 +1,13 @@
 """The jitted sampler: a batch of rows decoded together, each row at its own KV-cache offset.
 
+One-shot batches:
+
+    outs = generate(model, tokenizer, ["Hi!", [{"role": "user", "content": "2+2?"}]], 64,
+                    temperature=1.0, top_p=0.95, stop=("</answer>",), seed=0)
+    outs[0].tokens, outs[0].text, outs[0].logprobs, outs[0].finish_reason
+
+Multi-turn sessions:
+
     session = SamplerSession(model, tokenizer, batch_size=8, stop=("</tool_call>", "</answer>"))
     session.start(prompts)                         # prefill every row
     outs = session.decode(256, SamplingParams(temperature=1.0))
@@ -92,6 +100,32 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How the policy samples its turns: the `sampling` config block.
+
+    The default distribution is the raw model (temperature 1, no truncation): GRPO's π_old is
+    the model's own log-prob, so rollouts drawn elsewhere need a correction. Evaluation presets
+    set temperature 0 (greedy) explicitly. `max_new_tokens` is the spec's max response length.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    max_new_tokens: int = 2048  # spec: max response length
+    stop: tuple[str, ...] = ("</tool_call>", "</answer>")  # a protocol action ends the turn
+    summary_max_new_tokens: int = 256  # the summarizer's and the local judge's budget (ours)
+
+    def __post_init__(self):
+        _ = self.params  # SamplingParams' checks of temperature, top_k and top_p
+        if self.max_new_tokens < 1 or self.summary_max_new_tokens < 1:
+            raise ValueError("max_new_tokens and summary_max_new_tokens must be >= 1")
+
+    @property
+    def params(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p)
 
 
 @dataclasses.dataclass
@@ -580,8 +614,9 @@ class SamplerSession:
             row = self._row(row)
             ids = self.encode(ids) if len(ids) else []
             pending = self._pending[row]
-            todo[row] = ([pending] if pending is not None else []) + ids
-            if self._lengths[row] + len(todo[row]) == 0:
+            chunk = ([pending] if pending is not None else []) + ids
+            todo[row] = chunk
+            if self._lengths[row] + len(chunk) == 0:
                 raise ValueError(f"row {row} is empty; use start() or reset_row() first")
         self._prefill(todo, reset=np.zeros(self.batch_size, bool))
 
@@ -601,7 +636,7 @@ class SamplerSession:
 
     def next_logits(self) -> np.ndarray:
         """Logits [rows, vocab] of the next token for every ready row (others are NaN)."""
-        if self._params is None:
+        if self._params is None or self._graphdef is None:
             raise ValueError("nothing prefilled yet; call start() first")
         model = nnx.merge(self._graphdef, self._params)
         logits = np.array(model.logits(self._last_hidden), np.float32)[: self.num_rows]
@@ -721,7 +756,7 @@ class SamplerSession:
             width = bucket(int(piece.max()), 32)
             ids = np.zeros((self.batch_size, width), np.int32)
             for r, c in enumerate(chunks):
-                if piece[r]:
+                if piece[r] and c is not None:
                     ids[r, : piece[r]] = c[start : start + piece[r]]
             self._cache, self._index, self._last_hidden = _prefill(
                 self._graphdef,
@@ -747,3 +782,43 @@ class SamplerSession:
             lengths=self.lengths.tolist(),
             compiles=compile_count(),
         )
+
+
+def generate(
+    model: Decoder,
+    tokenizer,
+    prompts: Sequence,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    seed: int = 0,
+    *,
+    eos_ids: Sequence[int] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: shd.Rules | str = "sample",
+    **session_kwargs,
+) -> list[Completion]:
+    """Complete every prompt (a str, ChatML messages, or token ids) in one batch.
+
+    temperature 0 is greedy. Rows end at an EOS id (`eos_ids`, default the tokenizer's EOS and
+    `<|im_end|>`), at a stop string, or after `max_new_tokens`.
+    """
+    if isinstance(prompts, str) or not len(prompts):
+        raise ValueError("prompts must be a non-empty list of prompts")
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    session = SamplerSession(
+        model,
+        tokenizer,
+        batch_size=len(prompts),
+        stop=stop,
+        eos_ids=eos_ids,
+        seed=seed,
+        mesh=mesh,
+        rules=rules,
+        **session_kwargs,
+    )
+    session.start(prompts)
+    # Every row was started, so every row decodes and none of the entries is None.
+    return [c for c in session.decode(max_new_tokens, sampling) if c is not None]
