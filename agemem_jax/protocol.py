@@ -36,6 +36,9 @@ class ProtocolLimits:
     max_argument_chars: int = 8_192  # one call's arguments, serialized as JSON
     max_json_depth: int = 16  # nesting of the whole <tool_call> payload
     require_think: bool = True
+    # The spec's <tool_call> holds a JSON list. A bare call object is a violation ("not_a_list")
+    # unless this lenient reading (ours, off by default) is switched on.
+    accept_bare_object: bool = False
     # End-of-turn markers a decoder may leave on the text; they are not "text outside tags".
     ignore_suffixes: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
 
@@ -176,6 +179,13 @@ def _parse_calls(payload: str, limits: ProtocolLimits, think: str) -> Turn:
             think,
         )
     if isinstance(calls, dict):
+        if not limits.accept_bare_object:
+            return _invalid(
+                "not_a_list",
+                '<tool_call> must hold a JSON list of calls, e.g. [{"name": …, "arguments": {…}}]'
+                ", not a single object",
+                think,
+            )
         calls = [calls]
     if not isinstance(calls, list) or not calls:
         return _invalid("bad_call", "<tool_call> must hold a non-empty JSON list of calls", think)

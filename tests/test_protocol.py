@@ -26,10 +26,19 @@ def test_tool_call_list():
     assert t.answer is None
 
 
-def test_single_object_is_a_list_of_one_and_missing_arguments_are_empty():
-    t = parse_turn(f"<think>x</think><tool_call>{json.dumps(ADD)}</tool_call>")
-    assert t.tool_calls == [ADD]
-    t = parse_turn('<think>x</think><tool_call>{"name": "Summary_context"}</tool_call>')
+def test_bare_object_is_a_violation_unless_accepted():
+    """The spec's <tool_call> holds a JSON list; a bare object is counted, not silently wrapped."""
+    text = f"<think>x</think><tool_call>{json.dumps(ADD)}</tool_call>"
+    t = parse_turn(text)
+    assert t.violation == "not_a_list" and not t.tool_calls and "JSON list" in t.error
+    lenient = ProtocolLimits(accept_bare_object=True)
+    assert parse_turn(text, lenient).tool_calls == [ADD]
+    t = parse_turn('<think>x</think><tool_call>{"name": "Summary_context"}</tool_call>', lenient)
+    assert t.tool_calls == [{"name": "Summary_context", "arguments": {}}]
+
+
+def test_missing_arguments_are_empty():
+    t = parse_turn('<think>x</think><tool_call>[{"name": "Summary_context"}]</tool_call>')
     assert t.tool_calls == [{"name": "Summary_context", "arguments": {}}]
 
 
