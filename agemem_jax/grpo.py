@@ -27,9 +27,10 @@ from tqdm import tqdm
 from agemem_jax import builders, rl_loss
 from agemem_jax.checkpointing import Checkpointer
 from agemem_jax.distributed import is_main
-from agemem_jax.episodes import EpisodeRunner, Trajectory, score, summarize
+from agemem_jax.episodes import EpisodeRunner, Trajectory, summarize
 from agemem_jax.metrics_log import MetricsWriter
 from agemem_jax.packing import StepRow
+from agemem_jax.rewards import score
 from agemem_jax.rollout import ModelStack, SamplingConfig
 from agemem_jax.train_step import Trainer
 
