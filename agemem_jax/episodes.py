@@ -10,12 +10,15 @@ appended to the stage-2 context and the agent has T3 actions to answer.
 A turn is a sequence of actions ending on `<answer>` or after `max_actions_per_turn` **(ours:
 the spec leaves the per-turn bound open)**. Every action is one `Step`: the exact prompt ids the
 policy saw and the action ids it produced, which is what GRPO trains on, one row per step.
+
+While the episode runs, each trajectory's `Ledger` records what the reward needs (calls that
+shortened the context, when the context first went over budget, peak tokens, stage-1 additions,
+retrievals, what was kept at answer time). Scoring (`rewards.score`) reads only that ledger.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,10 +27,11 @@ import numpy as np
 
 from agemem_jax import tools as T
 from agemem_jax.data import Task
-from agemem_jax.judges import Judge, JudgeRequest
-from agemem_jax.memory_env import MemoryEnv
+from agemem_jax.dataclass_config import build
+from agemem_jax.memory_env import TURN, CallRecord, MemoryEnv, StepResult
 from agemem_jax.policies import Action, AgentView, Policy
-from agemem_jax.rewards import EpisodeFacts, Reward, RewardConfig, compute_rewards
+from agemem_jax.rewards import EpisodeFacts, Reward
+from agemem_jax.stm import Message
 
 HOTPOTQA_INSTRUCTIONS = """\
 You are a helpful assistant with a long-term memory store and a short-term context. The \
@@ -43,44 +47,37 @@ give a short final answer inside <answer></answer>. While the conversation goes 
 class EpisodeConfig:
     """Shape of an episode. T1 and T2 are message counts, T3 the actions allowed in stage 3."""
 
-    t1: int = 4
-    t2: int = 4
-    t3: int = 4
-    max_actions_per_turn: int = 3
-    n_max: int = 30  # rounds (actions) before the round penalty applies
-    introspective_top_k: int = 3
-    instructions: str = HOTPOTQA_INSTRUCTIONS
+    t1: int = 4  # stage-1 conversation messages (the contextual information I_q)
+    t2: int = 4  # stage-2 distractor messages
+    t3: int = 4  # stage-3 actions to answer the query
+    max_actions_per_turn: int = 3  # actions before a stage-1/2 turn closes (ours)
+    # Rounds (policy actions) before the round penalty applies (ours: the spec gives no value).
+    # Below `max_rounds` (28 with these defaults), so the penalty can fire, and above the 20
+    # actions the scripted expert needs at most.
+    n_max: int = 24
+    introspective_top_k: int = 3  # stage-1 retrieval of the incoming message (spec: k)
+    instructions: str = HOTPOTQA_INSTRUCTIONS  # task instructions after the tool listing
     max_env_steps: int = 30  # interactive benchmarks: environment actions (AgentBoard's limit)
 
-    @classmethod
-    def from_any(cls, cfg: Mapping[str, Any] | EpisodeConfig | None = None, **overrides):
-        if isinstance(cfg, EpisodeConfig):
-            cfg = dataclasses.asdict(cfg)
-        values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})) | overrides
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown episode settings {unknown}")
-        out = cls(**values)
-        if min(out.t1, out.t3, out.max_actions_per_turn) < 1 or out.t2 < 0:
+    def __post_init__(self):
+        if min(self.t1, self.t3, self.max_actions_per_turn) < 1 or self.t2 < 0:
             raise ValueError(
                 "episode needs t1, t3, max_actions_per_turn >= 1 and t2 >= 0; got "
-                f"t1={out.t1}, t2={out.t2}, t3={out.t3}, max_actions_per_turn={out.max_actions_per_turn}"
+                f"t1={self.t1}, t2={self.t2}, t3={self.t3}, "
+                f"max_actions_per_turn={self.max_actions_per_turn}"
             )
-        return out
+        if self.n_max < 0:
+            raise ValueError(f"episode n_max must be >= 0, got {self.n_max}")
+
+    @property
+    def max_rounds(self) -> int:
+        """The most actions an episode can take; the round penalty needs n_max below it."""
+        return (self.t1 + self.t2) * self.max_actions_per_turn + self.t3
 
 
 # Call errors that are protocol violations in the spec's sense (unknown tool, missing or bad
 # argument), counted with parse errors in `format_error_rate`.
 FORMAT_ERROR_CODES = frozenset({"unknown_tool", "bad_args"})
-
-
-@dataclasses.dataclass
-class Call:
-    name: str
-    arguments: dict[str, Any]
-    ok: bool
-    result: dict[str, Any]
-    code: str | None = None  # memory_env.ERROR_CODES entry when not ok
 
 
 @dataclasses.dataclass
@@ -93,7 +90,7 @@ class Step:
     action_ids: np.ndarray  # int32: the policy's tokens (the only loss-bearing ones)
     logprobs: np.ndarray | None  # raw-model log-probs of action_ids (π_old), model policy only
     text: str
-    calls: list[Call]
+    calls: list[CallRecord]  # the structured record of every tool call the action made
     error: str | None
     answer: str | None
     finish_reason: str
@@ -120,6 +117,69 @@ class Step:
         }
 
 
+def kept_text(messages: Sequence[Message]) -> str:
+    """What the agent kept in its context, for R_preservation **(ours)**.
+
+    Injected messages still present (conversation, distractors), summaries, and the contents of
+    entries retrieved into the context. Left out: the system prompt, the protected query (it
+    would vouch for itself), the agent's own turns (copying the query into a thought keeps
+    nothing), and other tool observations (they echo the agent's arguments).
+    """
+    parts = []
+    for m in messages:
+        if m.kind == "retrieval" and m.data:
+            parts += [r["content"] for r in m.data.get("results", ())]
+        elif m.kind == "summary" or (m.role == "user" and not m.protected):
+            parts.append(m.text)
+    return "\n".join(parts)
+
+
+@dataclasses.dataclass
+class Ledger:
+    """What the reward needs from one trajectory, recorded while its episode runs.
+
+    rounds: policy actions so far. added: contents of successful stage-1 Add_memory calls.
+    maintained: an Update_memory or Delete_memory succeeded. retrieved: contents the agent's
+    Retrieve_memory calls returned. reduced_before_limit: a Summary/Filter call shortened the
+    context before the context first went over its budget. limit_round: the round after which
+    the context had first gone over its budget (None: never). peak_tokens: the most prompt
+    tokens of the episode, all stages. answer_tokens: T_used, prompt tokens when the answer was
+    generated. last_prompt_tokens: the prompt of the latest action (T_used when no answer).
+    kept_text: `kept_text` of the answer-time context.
+    """
+
+    t_max: int
+    rounds: int = 0
+    added: list[str] = dataclasses.field(default_factory=list)
+    maintained: bool = False
+    retrieved: list[str] = dataclasses.field(default_factory=list)
+    reduced_before_limit: bool = False
+    limit_round: int | None = None
+    peak_tokens: int = 0
+    answer_tokens: int | None = None
+    last_prompt_tokens: int = 0
+    kept_text: str = ""
+
+    def record(self, stage: int, prompt_tokens: int, result: StepResult) -> None:
+        """Account for one action and the calls it made."""
+        self.rounds += 1
+        self.last_prompt_tokens = prompt_tokens
+        for rec in result.records:
+            if rec.name in (T.SUMMARY, T.FILTER) and rec.reduced and rec.before_limit:
+                self.reduced_before_limit = True
+            if not rec.ok:
+                continue
+            if rec.name == T.ADD and stage == 1:
+                self.added.append(rec.arguments["content"])
+            elif rec.name in (T.UPDATE, T.DELETE):
+                self.maintained = True
+            elif rec.name == T.RETRIEVE:
+                self.retrieved += [r["content"] for r in rec.result["results"]]
+        self.peak_tokens = max(self.peak_tokens, result.peak_tokens)
+        if result.limit_hit and self.limit_round is None:
+            self.limit_round = self.rounds
+
+
 @dataclasses.dataclass
 class Trajectory:
     task: Task
@@ -127,10 +187,15 @@ class Trajectory:
     env: MemoryEnv
     steps: list[Step] = dataclasses.field(default_factory=list)
     answer: str | None = None
-    answer_context_tokens: int = 0
-    answer_context_text: str = ""
+    ledger: Ledger | None = None  # a fresh one sized to the environment's budget when None
+    # The entries left in long-term memory at the end (for MQ), recorded by the runner.
+    memory_entries: tuple[str, ...] = ()
     reward: Reward | None = None
     memory_quality: float | None = None
+
+    def __post_init__(self):
+        if self.ledger is None:
+            self.ledger = Ledger(t_max=self.env.config.t_max)
 
     def calls(self, name: str | None = None, stage: int | None = None, ok: bool | None = None):
         for s in self.steps:
@@ -140,36 +205,26 @@ class Trajectory:
                 if (name is None or c.name == name) and (ok is None or c.ok == ok):
                     yield c
 
-    def facts(self, cfg: EpisodeConfig, t_max: int) -> EpisodeFacts:
-        reduced = any(
-            rec.ok and rec.name in (T.SUMMARY, T.FILTER) and rec.tokens_before < t_max
-            for rec in self.env.stats.records
-        )
-        retrieved = [
-            r["content"]
-            for c in self.calls(T.RETRIEVE, ok=True)
-            for r in c.result.get("results", [])
-        ]
-        last = self.steps[-1] if self.steps else None
+    def facts(self, n_max: int) -> EpisodeFacts:
+        """The reward's input, from the ledger alone."""
+        led = self.ledger
+        used = led.answer_tokens if led.answer_tokens is not None else led.last_prompt_tokens
         return EpisodeFacts(
             question=self.task.question,
             gold_answer=self.task.answer,
             supporting_facts=self.task.supporting_facts,
             answer=self.answer,
-            context_tokens=self.answer_context_tokens or (last.prompt_tokens if last else 0),
-            t_max=t_max,
-            context_text=self.answer_context_text or self.context_text(),
-            reduced_before_limit=reduced,
-            added_entries=[c.arguments["content"] for c in self.calls(T.ADD, stage=1, ok=True)],
-            maintained=any(True for c in self.calls(ok=True) if c.name in (T.UPDATE, T.DELETE)),
-            retrieved=retrieved,
-            rounds=len(self.steps),
-            n_max=cfg.n_max,
-            token_usage=self.env.stm.peak_tokens,
+            context_tokens=used,
+            t_max=led.t_max,
+            kept_text=led.kept_text,
+            reduced_before_limit=led.reduced_before_limit,
+            added_entries=led.added,
+            maintained=led.maintained,
+            retrieved=led.retrieved,
+            rounds=led.rounds,
+            n_max=n_max,
+            token_usage=led.peak_tokens,
         )
-
-    def context_text(self) -> str:
-        return "\n".join(m.text for m in self.env.stm.messages)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -186,22 +241,11 @@ class Trajectory:
         }
 
 
-def _results(obs_text: str) -> dict[str, Any]:
-    try:
-        out = json.loads(obs_text)
-    except json.JSONDecodeError:
-        return {}
-    return out if isinstance(out, dict) else {}
-
-
-def _hits(result: dict[str, Any]) -> list[dict[str, Any]]:
+def _hits(result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """A retrieval's structured results as the policy's view shows them."""
     return [
-        {
-            "id": r.get("memory_id"),
-            "content": r.get("content", ""),
-            "metadata": r.get("metadata", {}),
-        }
-        for r in result.get("results", []) or []
+        {"id": r["memory_id"], "content": r["content"], "metadata": r["metadata"]}
+        for r in (result or {}).get("results", ())
     ]
 
 
@@ -233,7 +277,7 @@ class EpisodeRunner:
         stop_id: int | None = None,
     ):
         self.make_env = make_env
-        self.cfg = EpisodeConfig.from_any(config)
+        self.cfg = build(EpisodeConfig, config)
         self.stop_id = stop_id
 
     # ------------------------------------------------------------------------------ running
@@ -260,7 +304,7 @@ class EpisodeRunner:
                 r.retrieved = []
                 if len(r.env.ltm):
                     obs = r.env.retrieve_into_context(msg, cfg.introspective_top_k)
-                    r.retrieved = _hits(_results(obs.text))
+                    r.retrieved = _hits(obs.data)
                 r.env.add_message("user", msg)
             self._turn(rollouts, policy, 1, turn, cfg.max_actions_per_turn, turn == cfg.t1 - 1)
         # Stage 2: a fresh context, one distractor per turn.
@@ -276,6 +320,8 @@ class EpisodeRunner:
             r.retrieved = []
             r.env.add_message("user", r.traj.task.question, protected=True)
         self._turn(rollouts, policy, 3, 0, cfg.t3, True)
+        for r in rollouts:
+            r.traj.memory_entries = tuple(e.content for e in r.env.ltm.entries())
         return [r.traj for r in rollouts]
 
     def _stage_start(self, rollouts, stage: str, system: str, reset: bool) -> None:
@@ -329,14 +375,11 @@ class EpisodeRunner:
 
     def _apply(self, r: _Rollout, view: AgentView, action: Action, stage: int, turn: int) -> None:
         ids, result, records = step_env(r.env, action, self.stop_id)
-        calls = []
-        for call, obs, rec in zip(
-            result.turn.tool_calls, result.observations, records, strict=False
-        ):
-            res = _results(obs.text)
-            calls.append(Call(call["name"], call["arguments"], rec.ok, res, rec.code))
-            if call["name"] == T.RETRIEVE:
-                r.retrieved += _hits(res)
+        calls = [rec for rec in records if rec.name != TURN]
+        for rec in calls:
+            if rec.name == T.RETRIEVE and rec.ok:
+                r.retrieved += _hits(rec.result)
+        r.traj.ledger.record(stage, view.context_tokens, result)
         step = Step(
             stage=stage,
             turn=turn,
@@ -356,8 +399,9 @@ class EpisodeRunner:
             r.open = False
             if stage == 3:
                 r.traj.answer = result.answer
-                r.traj.answer_context_tokens = view.context_tokens
-                r.traj.answer_context_text = r.traj.context_text()
+                r.traj.ledger.answer_tokens = view.context_tokens
+                # The answer turn only appended the agent's own message, which is not kept text.
+                r.traj.ledger.kept_text = kept_text(r.env.stm.messages)
 
 
 def step_env(env: MemoryEnv, action: Action, stop_id: int | None):
@@ -372,36 +416,8 @@ def step_env(env: MemoryEnv, action: Action, stop_id: int | None):
         ids = np.asarray(env.chat.encode(action.text), np.int32)
         if stop_id is not None:
             ids = np.append(ids, np.int32(stop_id))
-    n_records = len(env.stats.records)
     result = env.step(ids, action.text)
-    return ids, result, env.stats.records[n_records:]
-
-
-def score(
-    trajectories: Sequence[Trajectory],
-    judge: Judge,
-    episode_cfg: EpisodeConfig,
-    reward_cfg: RewardConfig,
-) -> None:
-    """Fill each trajectory's reward and memory quality (batched judge calls)."""
-    if not trajectories:
-        return
-    t_max = trajectories[0].env.config.t_max
-    facts = [t.facts(episode_cfg, t_max) for t in trajectories]
-    for t, reward in zip(trajectories, compute_rewards(facts, judge, reward_cfg), strict=True):
-        t.reward = reward
-    requests = [
-        JudgeRequest(
-            kind="memory",
-            question=t.task.question,
-            answer=t.task.answer,
-            entries=tuple(e.content for e in t.env.ltm.entries()),
-            facts=t.task.supporting_facts,
-        )
-        for t in trajectories
-    ]
-    for t, mq in zip(trajectories, judge.score(requests), strict=True):
-        t.memory_quality = mq
+    return ids, result, result.records
 
 
 def summarize(trajectories: Sequence[Trajectory], judge_name: str = "rule") -> dict[str, Any]:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from agemem_jax import builders
 from agemem_jax.chat import ChatFormat
-from agemem_jax.episodes import Trajectory, score, summarize
+from agemem_jax.episodes import Trajectory, summarize
+from agemem_jax.rewards import score
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,12 +30,12 @@ from agemem_jax.checkpointing import Checkpointer
 from agemem_jax.data import Task
 from agemem_jax.dataclass_config import build as build_block
 from agemem_jax.distributed import is_main
-from agemem_jax.episodes import EpisodeRunner, Trajectory, score, summarize
+from agemem_jax.episodes import EpisodeRunner, Trajectory, summarize
 from agemem_jax.judges import Judge
 from agemem_jax.metrics_log import MetricsWriter
 from agemem_jax.optim import OptimConfig
 from agemem_jax.packing import PackingConfig, StepRow
-from agemem_jax.rewards import RewardConfig
+from agemem_jax.rewards import RewardConfig, score
 from agemem_jax.rl_loss import LossConfig
 from agemem_jax.rollout import ModelStack
 from agemem_jax.sampler import SamplingConfig

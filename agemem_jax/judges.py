@@ -31,7 +31,6 @@ import inspect
 import json
 import os
 import re
-import string
 import threading
 import time
 import urllib.error
@@ -42,6 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agemem_jax.text import entry_fact_overlap, f1_score, lexical_memory_quality
+
 KINDS = ("task", "memory", "storage", "relevance")
 
 # A batch of chat prompts (each a list of {"role", "content"} dicts) -> one reply text per prompt.
@@ -50,102 +51,6 @@ GenerateFn = Callable[[list[list[dict[str, str]]]], Sequence[str]]
 
 class JudgeError(RuntimeError):
     """The judge cannot produce scores (endpoint unreachable, bad reply envelope, bad config)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# HotpotQA answer metrics (the official evaluation's normalization, EM and F1).
-
-_PUNCT = frozenset(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def f1_precision_recall(prediction: str, gold: str) -> tuple[float, float, float]:
-    """HotpotQA token F1. A yes/no/noanswer on either side must match exactly or scores 0."""
-    pred, ref = normalize_answer(prediction), normalize_answer(gold)
-    special = ("yes", "no", "noanswer")
-    if (pred in special or ref in special) and pred != ref:
-        return 0.0, 0.0, 0.0
-    pred_tokens, ref_tokens = pred.split(), ref.split()
-    same = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
-    if same == 0:
-        return 0.0, 0.0, 0.0
-    precision, recall = same / len(pred_tokens), same / len(ref_tokens)
-    return 2 * precision * recall / (precision + recall), precision, recall
-
-
-def f1_score(prediction: str, gold: str) -> float:
-    return f1_precision_recall(prediction, gold)[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Lexical overlap (ours): what the rule judge uses in place of an LLM for MQ/storage/relevance.
-
-# Function words carry no fact; without dropping them every sentence overlaps every other.
-STOPWORDS = frozenset(
-    """i me my we our you your he him his she her it its they them their this that these those
-    is are was were be been being am do does did has have had having will would can could shall
-    should may might must of in on at to for from by with about as into onto over under after
-    before between through during and or but nor so if then than also too very not no yes
-    who whom whose which what when where why how there here such some any all each both more
-    most other just only own same again once""".split()
-)
-
-
-def content_tokens(text: str) -> frozenset[str]:
-    """Distinct normalized tokens of `text`, function words removed."""
-    return frozenset(t for t in normalize_answer(text).split() if t not in STOPWORDS)
-
-
-def _frac(part: frozenset[str], whole: frozenset[str]) -> float:
-    return len(part & whole) / len(part) if part else 0.0
-
-
-def _harmonic(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
-
-
-def entry_fact_overlap(entry: str, facts: Sequence[str]) -> float:
-    """How well one memory entry holds supporting facts, in [0, 1] **(ours)**.
-
-    Harmonic mean of precision (share of the entry's content tokens that occur in some fact) and
-    recall (the best share of one fact's content tokens found in the entry). A fact stored
-    verbatim scores 1; padding it with unrelated text lowers precision; a distractor scores ~0.
-    """
-    e = content_tokens(entry)
-    fact_sets = [content_tokens(f) for f in facts]
-    union = frozenset().union(*fact_sets) if fact_sets else frozenset()
-    if not e or not union:
-        return 0.0
-    recall = max(_frac(f, e) for f in fact_sets)
-    return _harmonic(_frac(e, union), recall)
-
-
-def lexical_memory_quality(entries: Sequence[str], facts: Sequence[str]) -> float:
-    """MQ by overlap **(ours)**: harmonic mean of coverage and precision.
-
-    coverage = mean over facts of the best share of the fact's content tokens held by one entry;
-    precision = mean over entries of the share of their content tokens found in the facts, so
-    irrelevant entries pull the score down as the spec's MQ rubric asks.
-    """
-    ents = [content_tokens(e) for e in entries]
-    fact_sets = [s for s in (content_tokens(f) for f in facts) if s]
-    ents = [e for e in ents if e]
-    if not ents or not fact_sets:
-        return 0.0
-    union = frozenset().union(*fact_sets)
-    coverage = sum(max(_frac(f, e) for e in ents) for f in fact_sets) / len(fact_sets)
-    precision = sum(_frac(e, union) for e in ents) / len(ents)
-    return _harmonic(coverage, precision)
 
 
 # ---------------------------------------------------------------------------------------------

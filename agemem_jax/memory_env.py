@@ -6,6 +6,11 @@ appends one tool message per call. Malformed output never raises. It becomes an 
 observation the model can read, and it is counted in `stats`, as is every call and every error
 by category (`ERROR_CODES`).
 
+`step` returns one structured `CallRecord` per call (its result, the context size before and
+after it, whether the context had already gone over its budget), which is what the episode
+runner records for the reward. JSON is rendered from those results only for the model's
+observation, never parsed back.
+
 `fork()` gives an independent copy that shares long-term memory copy-on-write. All K rollouts of
 a GRPO group fork from one prepared environment, and `snapshot()`/`restore()` replay an episode.
 """
@@ -23,6 +28,7 @@ import numpy as np
 
 from agemem_jax import tools as T
 from agemem_jax.chat import ChatFormat
+from agemem_jax.dataclass_config import build
 from agemem_jax.encoder import Encoder, default_encoder
 from agemem_jax.ltm import Hit, LongTermMemory, LTMError, LTMSnapshot, StoreFull, UnknownMemoryId
 from agemem_jax.protocol import LIMIT_VIOLATIONS, ProtocolLimits, Turn, parse_turn
@@ -47,48 +53,48 @@ ERROR_CODES = (
 class MemoryEnvConfig:
     """Every knob of the environment, with the method's defaults."""
 
-    enabled_tools: tuple[str, ...] = T.TOOL_NAMES
+    enabled_tools: tuple[str, ...] = T.TOOL_NAMES  # ablate by listing fewer
     t_max: int = 8192  # context budget in tokens
     theta: float = 0.6  # Filter_context cosine threshold
     top_k: int = 3  # Retrieve_memory default
-    max_top_k: int = 10
-    require_seen_id: bool = True  # Update/Delete only ids shown by Add/Retrieve this episode
-    max_entries: int | None = None
-    default_memory_type: str = "general"
-    summary_role: str = "user"
+    max_top_k: int = 10  # largest top_k a Retrieve_memory call may ask for
+    # Update/Delete need an id an earlier retrieval showed this episode (Retrieve_memory or the
+    # stage-1 introspective retrieval), as the spec asks.
+    require_seen_id: bool = True
+    # Lenient rule (ours, off by default): ids returned by Add_memory count as seen too.
+    added_ids_are_seen: bool = False
+    max_entries: int | None = None  # LTM capacity; None = unbounded
+    default_memory_type: str = "general"  # Add_memory's memory_type when the call gives none
+    summary_role: str = "user"  # role of the message a Summary_context writes
     seed: int = 0  # memory id RNG
     prompt_style: str = "json"  # how tools are listed in the system prompt: json | compact
     limits: ProtocolLimits = dataclasses.field(default_factory=ProtocolLimits)
 
-    @classmethod
-    def from_any(cls, cfg: Mapping[str, Any] | MemoryEnvConfig | None = None, **overrides):
-        """From a dataclass, a dict or an ml_collections ConfigDict, plus keyword overrides."""
-        if isinstance(cfg, MemoryEnvConfig):
-            base = dataclasses.asdict(cfg) | {"limits": cfg.limits}
-        else:
-            base = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {}))
-        base.update(overrides)
-        unknown = sorted(set(base) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown memory env settings {unknown}")
-        if "enabled_tools" in base:
-            base["enabled_tools"] = tuple(base["enabled_tools"])
-        base["limits"] = ProtocolLimits.from_any(base.get("limits"))
-        return cls(**base)
-
 
 @dataclasses.dataclass(frozen=True)
 class CallRecord:
-    """One executed (or rejected) call, for per-tool statistics and the reward."""
+    """One executed (or rejected) call, for per-tool statistics and the reward.
+
+    `result` is the structured outcome; the observation the model reads is its JSON rendering
+    (with "tool" and "status" added). A rejected turn is one record named `TURN`.
+    """
 
     step: int
     stage: str
     name: str
+    arguments: dict[str, Any]
     ok: bool
     code: str | None  # one of ERROR_CODES when not ok
     tokens_before: int  # prompt tokens when the call ran
-    tokens_after: int
-    info: dict[str, Any]
+    tokens_after: int  # prompt tokens right after it, before its observation is appended
+    # The context had not yet gone over its budget (no eviction or overflow so far this episode).
+    before_limit: bool
+    result: dict[str, Any]
+
+    @property
+    def reduced(self) -> bool:
+        """The call succeeded and left the context shorter than it found it."""
+        return self.ok and self.tokens_after < self.tokens_before
 
 
 class ToolStats:
@@ -138,6 +144,9 @@ class StepResult:
     assistant: Message
     observations: list[Message]
     done: bool  # the turn gave an answer
+    records: tuple[CallRecord, ...] = ()  # one per call, or one `TURN` record if rejected
+    peak_tokens: int = 0  # the most prompt tokens the context has held this episode
+    limit_hit: bool = False  # the context has gone over its budget at least once this episode
 
     @property
     def answer(self) -> str | None:
@@ -181,9 +190,15 @@ def _results(hits: Sequence[Hit]) -> list[dict[str, Any]]:
     ]
 
 
-def _observation(name: str | None, ok: bool, **fields) -> str:
+def _observation(name: str | None, ok: bool, fields: Mapping[str, Any]) -> str:
     body = ({"tool": name} if name else {}) | {"status": "ok" if ok else "error", **fields}
     return json.dumps(body, ensure_ascii=False)
+
+
+# What a Summary/Filter that did not shorten the context is told, so the model can learn the
+# call was wasted instead of reading a bare "ok".
+NO_CHANGE = "nothing was removed; the context is unchanged"
+NOT_SHORTER = "the context is not shorter than before this call"
 
 
 class MemoryEnv:
@@ -205,7 +220,7 @@ class MemoryEnv:
         clock: Callable[[], float] = time.time,
         **overrides,
     ):
-        self.config = cfg = MemoryEnvConfig.from_any(config, **overrides)
+        self.config = cfg = build(MemoryEnvConfig, config, **overrides)
         if T.SUMMARY in cfg.enabled_tools and summarizer is None:
             raise ValueError("Summary_context is enabled: pass summarizer=, or disable the tool")
         self.chat = chat
@@ -249,10 +264,15 @@ class MemoryEnv:
         return T.system_prompt(self.tools, instructions, self.config.prompt_style)
 
     def reset_context(self, system_prompt: str | None = None) -> Message:
-        """Start a fresh context (a new stage) holding only the system prompt."""
-        stage = self.stm.stage
+        """Start a fresh context (a new stage) holding only the system prompt.
+
+        Token usage (peak, overflows, evictions) carries over: it is the episode's, not the
+        stage's, for the overflow penalty and for when the context first hit its budget.
+        """
+        old = self.stm
         self.stm = self._new_context()
-        self.stm.stage = stage
+        self.stm.stage = old.stage
+        self.stm.carry_usage(old)
         return self.stm.add(
             "system", self.system_prompt() if system_prompt is None else system_prompt
         )
@@ -262,22 +282,42 @@ class MemoryEnv:
         return self.stm.add(role, text, protected=protected)
 
     def retrieve_into_context(self, query: str, top_k: int | None = None) -> Message:
-        """Environment-driven retrieval (stage-1 introspection, RAG baselines); not an agent call."""
+        """Environment-driven retrieval (stage-1 introspection, RAG baselines); not an agent call.
+
+        The message's `data` holds the results (`{"results": [...]}`) as structured values.
+        """
         hits = self.ltm.search(query, top_k or self.config.top_k)
         self.seen.update(h.entry.id for h in hits)  # the agent now sees these ids
-        return self.stm.add("tool", _observation(T.RETRIEVE, True, results=_results(hits)))
+        fields = {"results": _results(hits)}
+        text = _observation(T.RETRIEVE, True, fields)
+        return self.stm.add("tool", text, kind="retrieval", data=fields)
 
     # -- the agent step -----------------------------------------------------------------------
+
+    @property
+    def limit_hit(self) -> bool:
+        """The context has gone over its budget at least once this episode."""
+        return self.stm.overflows > 0
 
     def step(self, response_ids: Sequence[int] | np.ndarray, text: str | None = None) -> StepResult:
         """Append the sampled turn, parse it, run its calls, append their observations."""
         assistant = self.stm.add_generated(response_ids, text)
         turn = parse_turn(assistant.text, self.config.limits)
-        observations = self.execute(turn, current=assistant)
-        return StepResult(turn, assistant, observations, turn.answer is not None)
+        observations, records = self.execute(turn, current=assistant)
+        return StepResult(
+            turn,
+            assistant,
+            observations,
+            turn.answer is not None,
+            tuple(records),
+            self.stm.peak_tokens,
+            self.limit_hit,
+        )
 
-    def execute(self, turn: Turn, current: Message | None = None) -> list[Message]:
-        """Run a parsed turn's calls; returns the tool messages appended to the context.
+    def execute(
+        self, turn: Turn, current: Message | None = None
+    ) -> tuple[list[Message], list[CallRecord]]:
+        """Run a parsed turn's calls: (tool messages appended to the context, their records).
 
         `current` is the assistant message that made the calls: it and this turn's observations
         are outside any Summary/Filter span.
@@ -289,31 +329,62 @@ class MemoryEnv:
             if turn.error is not None:
                 self.stats.violations[turn.violation or "unknown"] += 1
                 code = "limit" if turn.violation in LIMIT_VIOLATIONS else "malformed"
-                self._record(
-                    TURN, False, code, self.stm.prompt_tokens, {"violation": turn.violation}
+                before = self.stm.prompt_tokens
+                rec = self._record(
+                    TURN, {}, False, code, before, not self.limit_hit, {"error": turn.error}
                 )
-                return [self._observe(_observation(None, False, error=turn.error))]
+                return [self._observe(None, rec)], [rec]
             if turn.answer is not None:
                 self.stats.answers += 1
-                return []
-            return [self._run_call(c["name"], c["arguments"]) for c in turn.tool_calls]
+                return [], []
+            observations, records = [], []
+            for c in turn.tool_calls:
+                rec = self._run_call(c["name"], c["arguments"])
+                observations.append(self._observe(rec.name, rec))
+                records.append(rec)
+            return observations, records
         finally:
             self._turn = set()
 
-    def _observe(self, text: str) -> Message:
-        msg = self.stm.add("tool", text)
+    def _observe(self, name: str | None, rec: CallRecord) -> Message:
+        """The tool message the model reads: the record's result rendered as JSON."""
+        msg = self.stm.add(
+            "tool",
+            _observation(name, rec.ok, rec.result),
+            kind="retrieval" if rec.ok and rec.name == T.RETRIEVE else "",
+            data=rec.result,
+        )
         self._turn.add(msg)
         return msg
 
-    def _record(self, name: str, ok: bool, code: str | None, before: int, info: dict) -> None:
-        self.stats.add(
-            CallRecord(
-                self.step_index, self.stage, name, ok, code, before, self.stm.prompt_tokens, info
-            )
+    def _record(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        ok: bool,
+        code: str | None,
+        before: int,
+        before_limit: bool,
+        result: dict[str, Any],
+    ) -> CallRecord:
+        rec = CallRecord(
+            step=self.step_index,
+            stage=self.stage,
+            name=name,
+            arguments=arguments,
+            ok=ok,
+            code=code,
+            tokens_before=before,
+            tokens_after=self.stm.prompt_tokens,
+            before_limit=before_limit,
+            result=result,
         )
+        self.stats.add(rec)
+        return rec
 
-    def _run_call(self, name: str, arguments: dict[str, Any]) -> Message:
+    def _run_call(self, name: str, arguments: dict[str, Any]) -> CallRecord:
         before = self.stm.prompt_tokens
+        before_limit = not self.limit_hit
         spec = self.tools.get(name)
         if spec is None:  # an arbitrary string: bound what is echoed and what is counted
             name, shown = UNKNOWN, json.dumps(name[:40] + ("…" if len(name) > 40 else ""))
@@ -332,56 +403,59 @@ class MemoryEnv:
             args, problem = T.validate_arguments(spec, arguments)
             if problem is not None:
                 raise _CallError(*problem)
-            fields, info = self._dispatch(name, args)
+            fields = self._dispatch(name, args)
         except (_CallError, LTMError, ContextError) as e:
             code = e.code if isinstance(e, _CallError) else _error_code(e)
-            self._record(name, False, code, before, {"error": str(e)})
-            return self._observe(_observation(name, False, error=str(e)))
-        self._record(name, True, None, before, info)
-        return self._observe(_observation(name, True, **fields))
+            args = dict(arguments) if isinstance(arguments, Mapping) else {}
+            return self._record(name, args, False, code, before, before_limit, {"error": str(e)})
+        if name in (T.SUMMARY, T.FILTER) and self.stm.prompt_tokens >= before:
+            changed = fields.get("removed_messages") or fields.get("summarized_messages")
+            fields["note"] = NOT_SHORTER if changed else NO_CHANGE
+        return self._record(name, args, True, None, before, before_limit, fields)
 
     # -- the six tools ------------------------------------------------------------------------
 
-    def _dispatch(self, name: str, a: dict[str, Any]) -> tuple[dict, dict]:
-        """Returns (observation fields, record info); raises _CallError, LTMError, ContextError."""
+    def _dispatch(self, name: str, a: dict[str, Any]) -> dict[str, Any]:
+        """The call's structured result; raises _CallError, LTMError, ContextError."""
         if name == T.ADD:
             metadata = ({"source": self.stage} if self.stage else {}) | a.get("metadata", {})
             entry = self.ltm.add(a["content"], metadata, a.get("memory_type"))
-            self.seen.add(entry.id)
-            return {"memory_id": entry.id}, {"memory_id": entry.id}
+            if self.config.added_ids_are_seen:
+                self.seen.add(entry.id)
+            return {"memory_id": entry.id}
         if name in (T.UPDATE, T.DELETE):
             memory_id = a["memory_id"]
             self._check_id(memory_id)
             if name == T.UPDATE:
                 self.ltm.update(memory_id, a["content"], a.get("metadata"))
-                return {"memory_id": memory_id, "updated": True}, {"memory_id": memory_id}
+                return {"memory_id": memory_id, "updated": True}
             self.ltm.delete(memory_id)
             self.seen.discard(memory_id)
-            return {"memory_id": memory_id, "deleted": True}, {"memory_id": memory_id}
+            return {"memory_id": memory_id, "deleted": True}
         if name == T.RETRIEVE:
             hits = self.ltm.search(a["query"], a["top_k"], a.get("metadata_filter"))
-            ids = [h.entry.id for h in hits]
-            self.seen.update(ids)
-            self.retrieved.extend((self.step_index, self.stage, i) for i in ids)
-            return {"results": _results(hits)}, {"memory_ids": ids}
+            self.seen.update(h.entry.id for h in hits)
+            self.retrieved.extend((self.step_index, self.stage, h.entry.id) for h in hits)
+            return {"results": _results(hits)}
         if name == T.SUMMARY:
             removed, _ = self.stm.summarize(a["span"], self.summarizer, keep=self._turn)
-            fields = {"summarized_messages": len(removed)}
-            return fields | {"context_tokens": self.stm.prompt_tokens}, {"removed": len(removed)}
+            return {"summarized_messages": len(removed), "context_tokens": self.stm.prompt_tokens}
         if name == T.FILTER:
             removed = self.stm.filter(a["criteria"], keep=self._turn)
-            fields = {"removed_messages": len(removed)}
-            return fields | {"context_tokens": self.stm.prompt_tokens}, {"removed": len(removed)}
+            return {"removed_messages": len(removed), "context_tokens": self.stm.prompt_tokens}
         raise _CallError("unknown_tool", f"no handler for {name!r}")  # unreachable by design
 
     def _check_id(self, memory_id: str) -> None:
         if memory_id not in self.ltm:
             raise _CallError("unknown_id", f"no memory with id {memory_id!r}")
         if self.config.require_seen_id and memory_id not in self.seen:
+            shown_by = (
+                "Add_memory or a retrieval" if self.config.added_ids_are_seen else "a retrieval"
+            )
             raise _CallError(
                 "unseen_id",
-                f"{memory_id} was not returned by Add_memory or Retrieve_memory in this "
-                "episode; retrieve it first",
+                f"{memory_id} was not shown by {shown_by} in this episode; "
+                "retrieve it with Retrieve_memory first",
             )
 
     # -- forking and replay -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Who acts in an episode: the scripted expert, a random policy, or the model (see `rollout.py`).
+"""Who acts in an episode: the scripted expert, the lazy baseline, a random policy, or the model
+(see `rollout.py`).
 
 The episode runner shows every rollout an `AgentView` per step and gets back one `Action`. The
 view carries what a policy may use: the stage, the injected message, the tool results of the
@@ -183,6 +184,26 @@ class ScriptedPolicy:
                 for e in rest
             ]
         return calls
+
+
+class LazyPolicy:
+    """The scripted baseline that answers and manages nothing.
+
+    Stage 1: acknowledges every message without storing. Stage 2: acknowledges every distractor
+    without Filter/Summary. Stage 3: gives the gold answer without retrieving, so its task score
+    equals the expert's and every other reward part shows what memory management adds.
+    """
+
+    name = "lazy"
+
+    def act(self, views: Sequence[AgentView]) -> list[Action]:
+        out = []
+        for v in views:
+            if v.stage == 3:
+                out.append(Action(format_turn("I can answer directly.", answer=v.task.answer)))
+            else:
+                out.append(Action(format_turn("Nothing to do.", answer="Noted.")))
+        return out
 
 
 JUNK = (

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
 from typing import Any
 
 TAGS = ("think", "tool_call", "answer")
@@ -31,22 +30,16 @@ _SPACE = re.compile(r"\s*")
 class ProtocolLimits:
     """Bounds on what one turn may contain; each overrun is an error observation."""
 
-    max_turn_chars: int = 32_768
-    max_calls_per_turn: int = 8
+    max_turn_chars: int = 32_768  # longest turn text parsed at all
+    max_calls_per_turn: int = 8  # calls in one <tool_call> list
     max_argument_chars: int = 8_192  # one call's arguments, serialized as JSON
     max_json_depth: int = 16  # nesting of the whole <tool_call> payload
-    require_think: bool = True
+    require_think: bool = True  # a turn must open with <think>…</think> (spec)
+    # The spec's <tool_call> holds a JSON list. A bare call object is a violation ("not_a_list")
+    # unless this lenient reading (ours, off by default) is switched on.
+    accept_bare_object: bool = False
     # End-of-turn markers a decoder may leave on the text; they are not "text outside tags".
     ignore_suffixes: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
-
-    @classmethod
-    def from_any(cls, cfg: Mapping[str, Any] | ProtocolLimits | None) -> ProtocolLimits:
-        if cfg is None or isinstance(cfg, ProtocolLimits):
-            return cfg or cls()
-        cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        if "ignore_suffixes" in cfg:
-            cfg["ignore_suffixes"] = tuple(cfg["ignore_suffixes"])
-        return cls(**cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +169,13 @@ def _parse_calls(payload: str, limits: ProtocolLimits, think: str) -> Turn:
             think,
         )
     if isinstance(calls, dict):
+        if not limits.accept_bare_object:
+            return _invalid(
+                "not_a_list",
+                '<tool_call> must hold a JSON list of calls, e.g. [{"name": …, "arguments": {…}}]'
+                ", not a single object",
+                think,
+            )
         calls = [calls]
     if not isinstance(calls, list) or not calls:
         return _invalid("bad_call", "<tool_call> must hold a non-empty JSON list of calls", think)

@@ -4,28 +4,34 @@
 
 - R_task = S_judge(answer, A_q) in [0, 1] when an answer was given, else P_no_answer = -1.
 - R_context = α_c·R_compression + α_v·R_preventive + α_p·R_preservation, with
-  R_compression = max(0, 1 - T_used/T_max), R_preventive = 1 if Summary/Filter ran before the
-  context reached the limit, R_preservation = 1 if every key item of the query is still in the
-  context at answer time (directly or inside a summary).
+  R_compression = max(0, 1 - T_used/T_max); R_preventive = 1 if a Summary/Filter call that
+  shortened the context ran before the context first went over T_max; R_preservation = 1 if every
+  key item of the query is in what the agent kept in its context at answer time.
 - R_memory = β_s·R_storage + β_m·R_maintenance + β_r·R_relevance, with R_storage =
   N_high_quality / max(1, N_added) over stage-1 additions, R_maintenance = 1 if any Update or
   Delete ran, R_relevance = S_judge(retrieved set, q).
-- P_penalty = P_rounds (-1) if rounds > N_max, plus P_overflow (-0.5) if token usage > T_max.
+- P_penalty = P_rounds (-1) if rounds > N_max, plus P_overflow (-0.5) if the episode's peak
+  token usage > T_max.
 
-Every number the spec fixes is a default of `RewardConfig`. The runner records one
-`EpisodeFacts` per trajectory; `compute_rewards` scores a batch of them with a single judge call
-(one batch, so an HTTP judge can run its requests concurrently) and returns each component
-separately for logging.
+Every number the spec fixes is a default of `RewardConfig`. The episode runner records one
+`EpisodeFacts` per trajectory as the episode runs; `compute_rewards` scores a batch of them with
+a single judge call (one batch, so an HTTP judge can run its requests concurrently) and returns
+each component separately for logging. `score` does this for finished trajectories.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from agemem_jax.judges import Judge, JudgeRequest, normalize_answer
+from agemem_jax.dataclass_config import build
+from agemem_jax.judges import Judge, JudgeRequest
+from agemem_jax.text import contains_items, key_items
+
+if TYPE_CHECKING:
+    from agemem_jax.episodes import EpisodeConfig, Trajectory
 
 
 @dataclass(frozen=True)
@@ -36,54 +42,46 @@ class RewardConfig:
     is at least this; the spec only says the LLM judges "high quality or not".
     """
 
-    w_task: float = 1 / 3
-    w_context: float = 1 / 3
-    w_memory: float = 1 / 3
-    alpha_compression: float = 1 / 3
+    w_task: float = 1 / 3  # weight of R_task (spec: 1/3, untuned)
+    w_context: float = 1 / 3  # weight of R_context
+    w_memory: float = 1 / 3  # weight of R_memory
+    alpha_compression: float = 1 / 3  # R_context part weights (spec: 1/3 each)
     alpha_preventive: float = 1 / 3
     alpha_preservation: float = 1 / 3
-    beta_storage: float = 1 / 3
+    beta_storage: float = 1 / 3  # R_memory part weights (spec: 1/3 each)
     beta_maintenance: float = 1 / 3
     beta_relevance: float = 1 / 3
-    p_no_answer: float = -1.0
-    p_rounds: float = -1.0
-    p_overflow: float = -0.5
-    storage_threshold: float = 0.5
-
-    @classmethod
-    def from_config(cls, cfg: Mapping | None = None, **overrides) -> RewardConfig:
-        """From a dict or ml_collections ConfigDict; an unknown key is an error, not a no-op."""
-        if cfg is not None and hasattr(cfg, "to_dict"):
-            cfg = cfg.to_dict()
-        values = {**(cfg or {}), **overrides}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown reward settings {unknown}; known: {sorted(known)}")
-        return cls(**{k: float(v) for k, v in values.items()})
+    p_no_answer: float = -1.0  # R_task when no answer was given
+    p_rounds: float = -1.0  # penalty when rounds exceed episode.n_max
+    p_overflow: float = -0.5  # penalty when token usage exceeded memory.t_max
+    storage_threshold: float = 0.5  # judge score at which a stage-1 entry is high quality
 
     @classmethod
     def answer_only(cls, **overrides) -> RewardConfig:
-        return cls.from_config({"w_context": 0.0, "w_memory": 0.0}, **overrides)
+        return build(cls, {"w_context": 0.0, "w_memory": 0.0}, **overrides)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EpisodeFacts:
-    """What the episode runner records about one trajectory for its reward.
+    """What the episode runner recorded about one trajectory for its reward.
 
     question, gold_answer, supporting_facts: the task (q, A_q, and the facts the rule judge
         compares stored entries with).
     answer: the text of the final `<answer>` of stage 3, or None when none was given.
-    context_tokens: T_used, tokens in the context when the answer was generated (at the last
-        step when there was none, **ours**).
-    context_text: that final context as text, summaries included (for preservation).
-    reduced_before_limit: a Summary_context or Filter_context call ran before the context
-        reached T_max.
-    added_entries: contents of the Add_memory calls of stage 1.
-    maintained: any Update_memory or Delete_memory ran.
+    context_tokens: T_used, prompt tokens when the answer was generated (at the last step when
+        there was none, **ours**).
+    kept_text: what the agent kept in that context, outside the query message **(ours)**: the
+        injected messages still there, summaries, and the entries retrieved into it. The query
+        message (protected from Summary/Filter) and the agent's own turns are left out, so the
+        query's key items count only when the agent's context management kept them.
+    reduced_before_limit: a Summary_context or Filter_context call shortened the context before
+        the context first went over T_max (eviction or overflow); a no-op call does not count.
+    added_entries: contents of the successful Add_memory calls of stage 1.
+    maintained: an Update_memory or Delete_memory succeeded.
     retrieved: contents of the entries the agent's Retrieve_memory calls returned.
-    rounds, n_max: rounds used and the allowed maximum.
-    token_usage: the episode's total token usage, as the runner counts it, compared with T_max.
+    rounds, n_max: rounds (policy actions) used and the allowed maximum.
+    token_usage: the most prompt tokens the context held at any point of the episode (all
+        stages), compared with T_max.
     """
 
     question: str
@@ -92,7 +90,7 @@ class EpisodeFacts:
     answer: str | None
     context_tokens: int
     t_max: int = 8192
-    context_text: str = ""
+    kept_text: str = ""
     reduced_before_limit: bool = False
     added_entries: tuple[str, ...] = ()
     maintained: bool = False
@@ -146,106 +144,42 @@ class Reward:
 
 
 # ---------------------------------------------------------------------------------------------
-# Preservation: key items of the query (ours: how "named entities, dates, places, numbers" are
-# found without an NER model).
-
-_MONTH = (
-    r"(?:January|February|March|April|May|June|July|August|September|October|November|December"
-    r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.?"
-)
-_DATE = re.compile(
-    rf"\b(?:\d{{1,2}}\s+{_MONTH}(?:,?\s+\d{{3,4}})?"  # 2 March 1972
-    rf"|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{3,4}}"  # March 2, 1972
-    rf"|{_MONTH}\s+\d{{3,4}})\b"  # March 1972
-)
-_WORD = re.compile(r"[\w'’.&-]*\w[\w'’&-]*\.?")
-# Lower-case words allowed inside a name between two capitalized ones ("Bank of America").
-# "and" is not one: "Jonny Craig and Pete Doherty" are two names.
-_CONNECT = frozenset("of the de du da del della di von van der den la le for on upon".split())
-# Capitalized only because they start the question: dropped from the front of a span.
-_LEADING = frozenset(
-    """which what who whom whose when where why how is are was were do does did has have had
-    can could would should will shall may might the a an in on at of for and or but by from to
-    with as if this that these those it its he she they his her their there name identify
-    during after before since while although though between among about according despite
-    under over within without into onto upon not""".split()
-)
-_NUM = re.compile(r"\d+(?:[.,:]\d+)*")
+# The parts that need no judge, one function each, as the spec writes them.
 
 
-def _capitalized_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, span) for each run of capitalized words, joined by short connectors.
-
-    Words of a run are separated by whitespace only, so a comma, quote or slash ends it.
-    """
-    words = list(_WORD.finditer(text))
-
-    def joined(a: int, b: int) -> bool:
-        return not text[words[a].end() : words[b].start()].strip()
-
-    spans, i = [], 0
-    while i < len(words):
-        if not words[i].group(0)[0].isupper():
-            i += 1
-            continue
-        k = i  # words[i..k] is the run so far; look past connectors for its next word
-        while True:
-            nxt = k + 1
-            while (
-                nxt < len(words)
-                and words[nxt].group(0).lower() in _CONNECT
-                and joined(nxt - 1, nxt)
-            ):
-                nxt += 1
-            if nxt < len(words) and words[nxt].group(0)[0].isupper() and joined(nxt - 1, nxt):
-                k = nxt
-            else:
-                break
-        run = [w.group(0) for w in words[i : k + 1]]
-        spans.append((words[i].start(), words[k].end(), run))
-        i = k + 1
-    out = []
-    for start, end, run in spans:
-        while run and run[0].lower().strip(".'’") in _LEADING:
-            run.pop(0)
-        if run:
-            out.append((start, end, " ".join(run)))
-    return out
+def compression(ep: EpisodeFacts) -> float:
+    """R_compression = max(0, 1 - T_used / T_max)."""
+    return max(0.0, 1.0 - ep.context_tokens / ep.t_max)
 
 
-def key_items(query: str) -> list[str]:
-    """Dates, capitalized spans (names, places, titles) and numbers of a query, in that order.
-
-    Our reading of the spec's "named entities, dates/times, places, numbers": a date is taken
-    whole so its day and year are not required again as bare numbers; a span loses leading
-    question and function words ("Which", "The", ...); numbers are the digits outside both.
-    """
-    items = [m.group(0) for m in _DATE.finditer(query)]
-    rest = _DATE.sub(lambda m: " " * len(m.group(0)), query)
-    spans = _capitalized_spans(rest)
-    items += [span for _, _, span in spans]
-    for start, end, _ in spans:
-        rest = rest[:start] + " " * (end - start) + rest[end:]
-    items += _NUM.findall(rest)
-    seen, out = set(), []
-    for item in items:
-        norm = normalize_answer(item)
-        if norm and norm not in seen:
-            seen.add(norm)
-            out.append(item)
-    return out
+def preventive(ep: EpisodeFacts) -> float:
+    """R_preventive = 1 if a context-reducing call ran before the context reached the limit."""
+    return float(ep.reduced_before_limit)
 
 
-def preserved(query: str, context_text: str) -> float:
-    """1.0 if every key item of `query` occurs in `context_text` as whole normalized words.
+def preservation(ep: EpisodeFacts) -> float:
+    """R_preservation = 1 if the query's key items are in what the agent kept, else 0.
 
     A query without key items is trivially preserved (1.0, **ours**).
     """
-    hay = f" {normalize_answer(context_text)} "
-    return float(all(f" {normalize_answer(item)} " in hay for item in key_items(query)))
+    return float(contains_items(key_items(ep.question), ep.kept_text))
+
+
+def maintenance(ep: EpisodeFacts) -> float:
+    """R_maintenance = 1 if any Update or Delete was performed."""
+    return float(ep.maintained)
+
+
+def rounds_penalty(ep: EpisodeFacts, cfg: RewardConfig) -> float:
+    return cfg.p_rounds if ep.rounds > ep.n_max else 0.0
+
+
+def overflow_penalty(ep: EpisodeFacts, cfg: RewardConfig) -> float:
+    return cfg.p_overflow if ep.token_usage > ep.t_max else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
+# The judged parts and the total.
 
 
 def _requests(ep: EpisodeFacts) -> list[JudgeRequest]:
@@ -280,7 +214,7 @@ def compute_rewards(
     episodes: Sequence[EpisodeFacts], judge: Judge, config: RewardConfig | Mapping | None = None
 ) -> list[Reward]:
     """Rewards for a batch of episodes, judged in one `judge.score` call."""
-    cfg = config if isinstance(config, RewardConfig) else RewardConfig.from_config(config)
+    cfg = build(RewardConfig, config)
     per_episode = [_requests(ep) for ep in episodes]
     flat = [r for reqs in per_episode for r in reqs]
     scores = judge.score(flat) if flat else []
@@ -300,43 +234,40 @@ def compute_rewards(
         if ep.retrieved:
             relevance = scores[pos]
             pos += 1
-        high = sum(s >= cfg.storage_threshold for s in storage_scores)
-        storage = high / max(1, len(ep.added_entries))
-
-        compression = max(0.0, 1.0 - ep.context_tokens / ep.t_max)
-        preventive = float(ep.reduced_before_limit)
-        preservation = preserved(ep.question, ep.context_text)
+        storage = sum(s >= cfg.storage_threshold for s in storage_scores) / max(
+            1, len(ep.added_entries)
+        )
+        parts = dict(
+            compression=compression(ep),
+            preventive=preventive(ep),
+            preservation=preservation(ep),
+            storage=storage,
+            maintenance=maintenance(ep),
+            relevance=relevance,
+            rounds_penalty=rounds_penalty(ep, cfg),
+            overflow_penalty=overflow_penalty(ep, cfg),
+        )
         context = (
-            cfg.alpha_compression * compression
-            + cfg.alpha_preventive * preventive
-            + cfg.alpha_preservation * preservation
+            cfg.alpha_compression * parts["compression"]
+            + cfg.alpha_preventive * parts["preventive"]
+            + cfg.alpha_preservation * parts["preservation"]
         )
-        maintenance = float(ep.maintained)
         memory = (
-            cfg.beta_storage * storage
-            + cfg.beta_maintenance * maintenance
-            + cfg.beta_relevance * relevance
+            cfg.beta_storage * parts["storage"]
+            + cfg.beta_maintenance * parts["maintenance"]
+            + cfg.beta_relevance * parts["relevance"]
         )
-        rounds_penalty = cfg.p_rounds if ep.rounds > ep.n_max else 0.0
-        overflow_penalty = cfg.p_overflow if ep.token_usage > ep.t_max else 0.0
-        penalty = rounds_penalty + overflow_penalty
+        penalty = parts["rounds_penalty"] + parts["overflow_penalty"]
         total = cfg.w_task * task + cfg.w_context * context + cfg.w_memory * memory + penalty
         out.append(
             Reward(
                 total=total,
                 task=task,
                 context=context,
-                compression=compression,
-                preventive=preventive,
-                preservation=preservation,
                 memory=memory,
-                storage=storage,
-                maintenance=maintenance,
-                relevance=relevance,
                 penalty=penalty,
                 no_answer=0.0 if answered else cfg.p_no_answer,
-                rounds_penalty=rounds_penalty,
-                overflow_penalty=overflow_penalty,
+                **parts,
             )
         )
     return out
@@ -346,3 +277,33 @@ def compute_reward(
     episode: EpisodeFacts, judge: Judge, config: RewardConfig | Mapping | None = None
 ) -> Reward:
     return compute_rewards([episode], judge, config)[0]
+
+
+def score(
+    trajectories: Sequence[Trajectory],
+    judge: Judge,
+    episode_cfg: EpisodeConfig,
+    reward_cfg: RewardConfig | Mapping | None = None,
+) -> None:
+    """Fill each trajectory's reward and memory quality (MQ), judged in two batched calls.
+
+    Reads only what the runner recorded (`Trajectory.facts`, `Trajectory.memory_entries`),
+    never the live environment.
+    """
+    if not trajectories:
+        return
+    facts = [t.facts(episode_cfg.n_max) for t in trajectories]
+    for t, reward in zip(trajectories, compute_rewards(facts, judge, reward_cfg), strict=True):
+        t.reward = reward
+    requests = [
+        JudgeRequest(
+            kind="memory",
+            question=t.task.question,
+            answer=t.task.answer,
+            entries=t.memory_entries,
+            facts=t.task.supporting_facts,
+        )
+        for t in trajectories
+    ]
+    for t, mq in zip(trajectories, judge.score(requests), strict=True):
+        t.memory_quality = mq

@@ -7,7 +7,9 @@ and it carries a per-token loss mask (sampled tokens only) and role ids for trai
 
 The context is held to a token budget `t_max` (the prompt including the generation header).
 When an addition pushes it over, the oldest removable messages are evicted, and the overflow is
-recorded (`overflows`, `peak_tokens`) for the reward's penalty instead of crashing.
+recorded (`overflows`, `peak_tokens`) for the reward's penalty instead of crashing. These
+counters describe the context's whole life: the environment carries them across stage resets, so
+the reward sees the episode's token usage, not the last stage's.
 System messages and `protected` ones (the current task query) are never evicted, summarized or
 filtered.
 """
@@ -15,8 +17,8 @@ filtered.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,7 +43,10 @@ class Message:
     """One message: its text and the exact ids it occupies in the prompt (header to footer).
 
     `generated` is the half-open range of `ids` the policy sampled (loss-bearing); it is empty for
-    everything the environment injected. Compared and hashed by identity.
+    everything the environment injected. `kind` marks what the environment made it from
+    ("summary", "retrieval", or "" for anything else) and `data` holds the structured payload of
+    an observation (a retrieval's results), so readers never parse `text` back. Compared and
+    hashed by identity.
     """
 
     role: str
@@ -50,6 +55,8 @@ class Message:
     stage: str = ""
     protected: bool = False
     generated: tuple[int, int] = (0, 0)
+    kind: str = ""
+    data: Mapping[str, Any] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -136,13 +143,22 @@ class ShortTermContext:
     # -- adding -------------------------------------------------------------------------------
 
     def add(
-        self, role: str, text: str, *, stage: str | None = None, protected: bool = False
+        self,
+        role: str,
+        text: str,
+        *,
+        stage: str | None = None,
+        protected: bool = False,
+        kind: str = "",
+        data: Mapping[str, Any] | None = None,
     ) -> Message:
         """Append an injected message, tokenized once here."""
         if role not in ROLE_IDS:
             raise ContextError(f"unknown role {role!r}; choose one of {list(ROLE_IDS)}")
         ids = self.chat.message(role, text)
-        msg = Message(role, text, _frozen_ids(ids), self._stage(stage), protected)
+        msg = Message(
+            role, text, _frozen_ids(ids), self._stage(stage), protected, kind=kind, data=data
+        )
         self._append(msg)
         return msg
 
@@ -263,6 +279,7 @@ class ShortTermContext:
             content,
             _frozen_ids(self.chat.message(self.summary_role, content)),
             self.stage,
+            kind="summary",
         )
         at = self.messages.index(doomed[0])
         gone = set(doomed)
@@ -288,6 +305,12 @@ class ShortTermContext:
     def reset(self, keep_system: bool = True) -> None:
         """Clear the context between stages (the system prompt stays unless told otherwise)."""
         self._remove({m for m in self.messages if not (keep_system and m.role == "system")})
+
+    def carry_usage(self, other: ShortTermContext) -> None:
+        """Continue `other`'s overflow accounting (a new stage of the same episode)."""
+        self.peak_tokens = max(self.peak_tokens, other.peak_tokens)
+        self.overflows += other.overflows
+        self.evicted += other.evicted
 
     def copy(self) -> ShortTermContext:
         """An independent context with the same messages (messages are immutable, so shared)."""

@@ -22,7 +22,7 @@ from agemem_jax.data import (
     make_tasks,
 )
 from agemem_jax.data.hotpotqa import FILLER, SHARED_SAMPLE
-from agemem_jax.judges import normalize_answer
+from agemem_jax.text import normalize_answer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAMPLE = SHARED / "hotpotqa" / "hotpot_dev_distractor_sample60.json"

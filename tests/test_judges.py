@@ -20,15 +20,17 @@ from agemem_jax.judges import (
     JudgeRequest,
     LocalJudge,
     RuleJudge,
+    judge_messages,
+    make_judge,
+    parse_score,
+)
+from agemem_jax.text import (
     entry_fact_overlap,
     exact_match,
     f1_precision_recall,
     f1_score,
-    judge_messages,
     lexical_memory_quality,
-    make_judge,
     normalize_answer,
-    parse_score,
 )
 
 # ---------------------------------------------------------------------------------------------

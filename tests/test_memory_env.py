@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agemem_jax.chat import ChatFormat
+from agemem_jax.dataclass_config import build
 from agemem_jax.encoder import HashEncoder
 from agemem_jax.memory_env import ERROR_CODES, MemoryEnv, MemoryEnvConfig
 from agemem_jax.protocol import format_turn
@@ -147,6 +148,93 @@ def test_seen_ids_can_be_relaxed(chat):
     assert obs["status"] == "ok" and len(env.ltm) == 0
 
 
+def test_update_and_delete_need_an_id_from_a_retrieval(chat):
+    """Spec: an id seen in an earlier retrieval. An id only Add_memory returned is not enough."""
+    env = _env(chat)
+    mid = _obs(_call(env, ("Add_memory", {"content": "Alice was born in Paris"})))[0]["memory_id"]
+    (obs,) = _obs(_call(env, ("Update_memory", {"memory_id": mid, "content": "Alice: Rome"})))
+    assert obs["status"] == "error" and env.stats.errors == {"unseen_id": 1}
+    assert "Retrieve_memory" in obs["error"] and env.ltm.get(mid).content.endswith("Paris")
+    (obs,) = _obs(_call(env, ("Delete_memory", {"memory_id": mid, "confirmation": True})))
+    assert obs["status"] == "error" and env.stats.errors == {"unseen_id": 2}
+    _call(env, ("Retrieve_memory", {"query": "Alice"}))
+    (obs,) = _obs(_call(env, ("Update_memory", {"memory_id": mid, "content": "Alice: Rome"})))
+    assert obs["status"] == "ok" and env.ltm.get(mid).content == "Alice: Rome"
+
+    # The lenient rule is a setting: ids returned by Add_memory count as seen.
+    env = _env(chat, added_ids_are_seen=True)
+    mid = _obs(_call(env, ("Add_memory", {"content": "Alice was born in Paris"})))[0]["memory_id"]
+    (obs,) = _obs(_call(env, ("Update_memory", {"memory_id": mid, "content": "Alice: Rome"})))
+    assert obs["status"] == "ok"
+
+
+def test_step_returns_structured_records(chat):
+    """The step's records carry the results; the observation is only their JSON rendering."""
+    env = _env(chat)
+    env.ltm.add("Paris is the capital of France")
+    r = _call(
+        env,
+        ("Add_memory", {"content": "Alice was born in Paris"}),
+        ("Retrieve_memory", {"query": "capital of France", "top_k": 1}),
+        ("Update_memory", {"memory_id": "mem_00000000", "content": "x"}),
+    )
+    assert r.records == tuple(env.stats.records)
+    add, ret, upd = r.records
+    assert add.arguments == {"content": "Alice was born in Paris"} and add.ok
+    assert ret.result["results"][0]["content"] == "Paris is the capital of France"
+    assert not upd.ok and upd.code == "unknown_id" and "error" in upd.result
+    for rec, msg in zip(r.records, r.observations, strict=True):
+        body = json.loads(msg.text)
+        assert body.pop("tool") == rec.name and body.pop("status") == ("ok" if rec.ok else "error")
+        assert body == rec.result and msg.data is rec.result
+    assert [m.kind for m in r.observations] == ["", "retrieval", ""]
+    assert r.peak_tokens == env.stm.peak_tokens and not r.limit_hit
+    rejected = env.step(chat.encode("no tags"))
+    assert [rec.name for rec in rejected.records] == ["<turn>"]
+
+
+def test_no_op_summary_and_filter_say_so_and_do_not_count_as_reductions(chat):
+    env = _env(chat)
+    (obs,) = _obs(_call(env, ("Filter_context", {"criteria": "quantum chromodynamics"})))
+    assert obs["status"] == "ok" and obs["removed_messages"] == 0 and "unchanged" in obs["note"]
+    assert not env.stats.records[-1].reduced
+    env_empty = _env(chat)  # only the system prompt: nothing to summarize
+    (obs,) = _obs(_call(env_empty, ("Summary_context", {"span": "all"})))
+    assert obs["summarized_messages"] == 0 and "unchanged" in obs["note"]
+    assert not env_empty.stats.records[-1].reduced
+
+    env.add_message("user", "football scores from the weekend league")
+    (obs,) = _obs(_call(env, ("Filter_context", {"criteria": "football scores weekend league"})))
+    assert obs["removed_messages"] == 1 and "note" not in obs
+    rec = env.stats.records[-1]
+    assert rec.reduced and rec.before_limit and rec.tokens_after < rec.tokens_before
+
+    # A summary longer than what it replaced is not a reduction either.
+    env_long = _env(chat, summarizer=lambda ms: "a very long summary " * 40)
+    env_long.add_message("user", "hi")
+    (obs,) = _obs(_call(env_long, ("Summary_context", {"span": "1"})))
+    assert obs["summarized_messages"] == 1 and "not shorter" in obs["note"]
+    assert not env_long.stats.records[-1].reduced
+
+
+def test_token_usage_and_the_limit_span_the_whole_episode(chat):
+    """Stage resets keep the peak and the first overflow: they belong to the episode."""
+    env = _env(chat, t_max=1400)
+    for i in range(30):
+        env.add_message("user", f"message {i} " + "padding words " * 20)
+    assert env.limit_hit and env.stm.peak_tokens > 1400
+    peak = env.stm.peak_tokens
+    env.stage = "stage2"
+    env.reset_context()
+    assert env.stm.prompt_tokens < 1400
+    assert env.stm.peak_tokens == peak and env.limit_hit and env.stm.overflows > 0
+    env.add_message("user", "a distractor about football")
+    r = _call(env, ("Filter_context", {"criteria": "a distractor about football"}))
+    rec = r.records[0]
+    assert rec.reduced and not rec.before_limit  # reduced, but only after the limit was hit
+    assert r.peak_tokens == peak and r.limit_hit
+
+
 def test_malformed_turns_and_limits(chat):
     env = _env(chat, limits={"max_calls_per_turn": 2})
     r = env.step(chat.encode("I will just talk."))
@@ -181,8 +269,8 @@ def test_config_sources_and_defaults(chat):
     cfg = MemoryEnvConfig()
     assert (cfg.theta, cfg.top_k, cfg.t_max) == (0.6, 3, 8192)
     assert (
-        MemoryEnvConfig.from_any(
-            {"theta": 0.5, "limits": {"max_turn_chars": 10}}
+        build(
+            MemoryEnvConfig, {"theta": 0.5, "limits": {"max_turn_chars": 10}}
         ).limits.max_turn_chars
         == 10
     )
@@ -200,7 +288,7 @@ def test_config_sources_and_defaults(chat):
     (obs,) = _obs(_call(env, ("Retrieve_memory", {"query": "entry"})))
     assert len(obs["results"]) == 2  # the configured default top_k
     with pytest.raises(ValueError, match="thetta"):
-        MemoryEnvConfig.from_any({"thetta": 0.5})
+        build(MemoryEnvConfig, {"thetta": 0.5})
 
 
 def test_token_in_token_out_through_steps(chat):
@@ -295,6 +383,7 @@ def test_forks_are_independent_and_deterministic(chat):
     assert runs[0][0] == runs[1][0]  # same actions, same ids
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
     assert runs[0][2] == runs[1][2]
+    _call(forks[2], ("Retrieve_memory", {"query": "shared fact"}))  # Delete needs a retrieval
     _call(forks[2], ("Delete_memory", {"memory_id": parent.ltm.ids()[0], "confirmation": True}))
     assert len(forks[2].ltm) == 0 and len(parent.ltm) == 1 and len(forks[0].ltm) == 3
     assert parent.stats.turns == 1 and len(parent.stm) == 3

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agemem_jax.dataclass_config import build
 from agemem_jax.protocol import FORMAT_HINT, ProtocolLimits, Turn, format_turn, parse_turn
 
 ADD = {"name": "Add_memory", "arguments": {"content": "Paris is in France"}}
@@ -26,10 +27,19 @@ def test_tool_call_list():
     assert t.answer is None
 
 
-def test_single_object_is_a_list_of_one_and_missing_arguments_are_empty():
-    t = parse_turn(f"<think>x</think><tool_call>{json.dumps(ADD)}</tool_call>")
-    assert t.tool_calls == [ADD]
-    t = parse_turn('<think>x</think><tool_call>{"name": "Summary_context"}</tool_call>')
+def test_bare_object_is_a_violation_unless_accepted():
+    """The spec's <tool_call> holds a JSON list; a bare object is counted, not silently wrapped."""
+    text = f"<think>x</think><tool_call>{json.dumps(ADD)}</tool_call>"
+    t = parse_turn(text)
+    assert t.violation == "not_a_list" and not t.tool_calls and "JSON list" in t.error
+    lenient = ProtocolLimits(accept_bare_object=True)
+    assert parse_turn(text, lenient).tool_calls == [ADD]
+    t = parse_turn('<think>x</think><tool_call>{"name": "Summary_context"}</tool_call>', lenient)
+    assert t.tool_calls == [{"name": "Summary_context", "arguments": {}}]
+
+
+def test_missing_arguments_are_empty():
+    t = parse_turn('<think>x</think><tool_call>[{"name": "Summary_context"}]</tool_call>')
     assert t.tool_calls == [{"name": "Summary_context", "arguments": {}}]
 
 
@@ -111,7 +121,7 @@ def test_require_think_can_be_turned_off():
 
 
 def test_limits_from_a_mapping():
-    limits = ProtocolLimits.from_any({"max_calls_per_turn": 1, "ignore_suffixes": ["<eos>"]})
+    limits = build(ProtocolLimits, {"max_calls_per_turn": 1, "ignore_suffixes": ["<eos>"]})
     assert limits.max_calls_per_turn == 1 and limits.ignore_suffixes == ("<eos>",)
     assert parse_turn("<think>x</think><answer>a</answer><eos>", limits).answer == "a"
 

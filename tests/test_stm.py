@@ -104,6 +104,11 @@ def test_budget_evicts_oldest_and_records_the_overflow(chat):
     # Unevictable content over the budget is flagged, not a crash.
     c.add("user", "a very long task statement " * 20, protected=True)
     assert c.over_budget and c.stats()["overflows"] == c.overflows
+    # A new context for the next stage continues the accounting instead of restarting it.
+    nxt = _ctx(chat, t_max=60)
+    nxt.carry_usage(c)
+    nxt.add("user", "short")
+    assert (nxt.peak_tokens, nxt.overflows, nxt.evicted) == (c.peak_tokens, c.overflows, c.evicted)
 
 
 def _summarizer(seen):
@@ -126,6 +131,7 @@ def test_summary_all_keeps_system_query_and_current_turn(smol):
     assert removed == [*old, later] and seen == [removed]
     assert c.messages == [sys_msg, summary, query, current]
     assert summary.role == "user" and summary.text.endswith("3 messages about the task")
+    assert summary.kind == "summary" and not any(m.kind for m in c.messages if m is not summary)
     assert list(summary.ids) == smol.message("user", summary.text)
     assert c.num_tokens == sum(m.num_tokens for m in c.messages)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from agemem_jax.judges import normalize_answer
+from agemem_jax.text import normalize_answer
 
 ONSETS = "b d f g k l m n p r s t v z br dr gr kr st tr th sh pl".split()
 VOWELS = "a e i o u".split()
