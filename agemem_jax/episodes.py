@@ -187,15 +187,14 @@ class Trajectory:
     env: MemoryEnv
     steps: list[Step] = dataclasses.field(default_factory=list)
     answer: str | None = None
-    ledger: Ledger | None = None  # a fresh one sized to the environment's budget when None
+    ledger: Ledger = dataclasses.field(init=False)  # sized to the environment's budget
     # The entries left in long-term memory at the end (for MQ), recorded by the runner.
     memory_entries: tuple[str, ...] = ()
     reward: Reward | None = None
     memory_quality: float | None = None
 
     def __post_init__(self):
-        if self.ledger is None:
-            self.ledger = Ledger(t_max=self.env.config.t_max)
+        self.ledger = Ledger(t_max=self.env.config.t_max)
 
     def calls(self, name: str | None = None, stage: int | None = None, ok: bool | None = None):
         for s in self.steps:
@@ -218,9 +217,9 @@ class Trajectory:
             t_max=led.t_max,
             kept_text=led.kept_text,
             reduced_before_limit=led.reduced_before_limit,
-            added_entries=led.added,
+            added_entries=tuple(led.added),
             maintained=led.maintained,
-            retrieved=led.retrieved,
+            retrieved=tuple(led.retrieved),
             rounds=led.rounds,
             n_max=n_max,
             token_usage=led.peak_tokens,
@@ -293,8 +292,9 @@ class EpisodeRunner:
                 env = base.fork() if k else base
                 rollouts.append(_Rollout(Trajectory(task, k, env), len(rollouts)))
 
-        if hasattr(policy, "begin"):
-            policy.begin(len(rollouts), seed)
+        begin = getattr(policy, "begin", None)
+        if begin is not None:
+            begin(len(rollouts), seed)
         system = rollouts[0].env.system_prompt(cfg.instructions) if rollouts else ""
         # Stage 1: LTM construction with introspective retrieval.
         self._stage_start(rollouts, "1", system, reset=True)

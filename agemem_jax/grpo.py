@@ -90,8 +90,14 @@ def rows_from(trajectories: Sequence[Trajectory], advantages: np.ndarray) -> lis
     return rows
 
 
+def _total(traj: Trajectory) -> float:
+    if traj.reward is None:
+        raise RuntimeError("a trajectory reached the update unscored")
+    return traj.reward.total
+
+
 def rollout_metrics(trajs: Sequence[Trajectory], group_size: int) -> dict[str, Any]:
-    rewards = np.asarray([t.reward.total for t in trajs], np.float64)
+    rewards = np.asarray([_total(t) for t in trajs], np.float64)
     m = summarize(trajs)
     comps = m.pop("reward_components", {})
     calls = m.pop("tool_calls_by_name", {})
@@ -243,7 +249,7 @@ def grpo_step(s: Setup, step: int) -> dict[str, Any]:
     trajs = s.runner.run(batch, s.stack.policy, group_size=k, seed=step_seed(s.seed, step))
     score(trajs, s.judge, s.runner.cfg, s.reward_cfg)
     rollout_s = time.perf_counter() - t0
-    rewards = np.asarray([tr.reward.total for tr in trajs], np.float64).reshape(b, k)
+    rewards = np.asarray([_total(tr) for tr in trajs], np.float64).reshape(b, k)
     adv = rl_loss.group_advantages(rewards, eps=g.advantage_eps)
     rows = rows_from(trajs, adv)
     update = s.trainer.step(rows)

@@ -117,8 +117,9 @@ class ToolStats:
             if rec.ok:
                 self.ok[rec.name] += 1
         if not rec.ok:
-            self.errors[rec.code] += 1
-            self.tool_errors[rec.name, rec.code] += 1
+            code = rec.code or "failed"  # every failed record carries a code; never None here
+            self.errors[code] += 1
+            self.tool_errors[rec.name, code] += 1
 
     def copy(self) -> ToolStats:
         other = ToolStats()
@@ -438,6 +439,8 @@ class MemoryEnv:
             self.retrieved.extend((self.step_index, self.stage, h.entry.id) for h in hits)
             return {"results": _results(hits)}
         if name == T.SUMMARY:
+            if self.summarizer is None:  # the constructor requires one while the tool is on
+                raise _CallError("failed", "no summarizer is configured")
             removed, _ = self.stm.summarize(a["span"], self.summarizer, keep=self._turn)
             return {"summarized_messages": len(removed), "context_tokens": self.stm.prompt_tokens}
         if name == T.FILTER:

@@ -43,11 +43,11 @@ class StepRow:
     `old_logprobs` as None.
     """
 
-    prompt_ids: Sequence[int]
-    action_ids: Sequence[int]
-    old_logprobs: Sequence[float] | None = None
+    prompt_ids: Sequence[int] | np.ndarray
+    action_ids: Sequence[int] | np.ndarray
+    old_logprobs: Sequence[float] | np.ndarray | None = None
     advantage: float = 0.0
-    action_mask: Sequence[bool] | None = None
+    action_mask: Sequence[bool] | np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,6 +59,13 @@ class Policy(Protocol):
     def act(self, views: Sequence[AgentView]) -> list[Action]: ...
 
 
+def _task(v: AgentView) -> Task:
+    """The view's task; the scripted policies read it, so they only run three-stage episodes."""
+    if v.task is None:
+        raise ValueError("this scripted policy plays three-stage episodes (the view has no task)")
+    return v.task
+
+
 def _facts_in(task: Task, text: str) -> list[tuple[str, str]]:
     return [
         (title, fact)
@@ -110,7 +117,7 @@ class ScriptedPolicy:
         return self._stage3(v)
 
     def _stage1(self, v: AgentView) -> str:
-        facts = _facts_in(v.task, v.incoming)
+        facts = _facts_in(_task(v), v.incoming)
         if v.turn_step == 0 and facts and self._ok("Add_memory"):
             calls = [
                 {
@@ -153,7 +160,7 @@ class ScriptedPolicy:
             calls = self._consolidate(v.retrieved)
             if calls:
                 return format_turn("Two entries describe the same subject; merge them.", calls)
-        return format_turn("The retrieved facts answer the question.", answer=v.task.answer)
+        return format_turn("The retrieved facts answer the question.", answer=_task(v).answer)
 
     def _consolidate(self, retrieved: Sequence[dict]) -> list[dict]:
         if not (self._ok("Update_memory") and self._ok("Delete_memory")):
@@ -200,7 +207,7 @@ class LazyPolicy:
         out = []
         for v in views:
             if v.stage == 3:
-                out.append(Action(format_turn("I can answer directly.", answer=v.task.answer)))
+                out.append(Action(format_turn("I can answer directly.", answer=_task(v).answer)))
             else:
                 out.append(Action(format_turn("Nothing to do.", answer="Noted.")))
         return out

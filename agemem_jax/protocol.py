@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from typing import Any
 
 TAGS = ("think", "tool_call", "answer")
@@ -116,7 +117,7 @@ def parse_turn(text: str, limits: ProtocolLimits | None = None) -> Turn:
     blocks: list[tuple[str, str]] = []
     pos = 0
     while True:
-        pos = _SPACE.match(s, pos).end()
+        pos = typing.cast(re.Match[str], _SPACE.match(s, pos)).end()  # \s* always matches
         if pos >= len(s):
             break
         tag = next((t for t in TAGS if s.startswith(f"<{t}>", pos)), None)

@@ -182,7 +182,7 @@ class ShortTermContext:
             end = len(response)
             while end and int(response[end - 1]) in self.chat.stop_ids:
                 end -= 1
-            text = self.chat.decode(response[:end], skip_special_tokens=False)
+            text = self.chat.decode(response[:end].tolist(), skip_special_tokens=False)
         footer = self.chat.footer()
         if len(response) and int(response[-1]) == self.chat.im_end:
             footer = footer[1:]
