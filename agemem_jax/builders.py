@@ -15,7 +15,7 @@ from agemem_jax.chat import ChatFormat
 from agemem_jax.data import load_records, make_tasks
 from agemem_jax.encoder import HashEncoder, default_encoder
 from agemem_jax.episodes import EpisodeConfig, EpisodeRunner
-from agemem_jax.judges import Judge, make_judge
+from agemem_jax.judges import Judge, JudgeConfig, make_judge
 from agemem_jax.memory_env import MemoryEnv, MemoryEnvConfig
 from agemem_jax.policies import Policy, RandomPolicy, ScriptedPolicy
 from agemem_jax.rewards import RewardConfig
@@ -89,13 +89,10 @@ def reward_config(cfg: Mapping) -> RewardConfig:
     return RewardConfig.from_config(as_dict(cfg))
 
 
-def judge(cfg: Mapping, generate: Callable | None = None) -> Judge:
-    d = as_dict(cfg)
-    if d.get("kind") == "local":
-        if generate is None:
-            raise ValueError("judge.kind='local' needs a model; the experiment passes the sampler")
-        d["generate"] = generate
-    return make_judge(d)
+def judge(cfg: Mapping | JudgeConfig) -> Judge:
+    """The judge of the `judge` block. `local` loads its own frozen `judge.checkpoint`; it is
+    never handed the policy, so its scores cannot drift with training."""
+    return make_judge(JudgeConfig.from_any(cfg))
 
 
 def model(model_cfg: Mapping, seed: int = 0):

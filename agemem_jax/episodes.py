@@ -96,6 +96,7 @@ class Step:
     error: str | None
     answer: str | None
     finish_reason: str
+    sampler_logprobs: np.ndarray | None = None  # log μ of action_ids when μ ≠ π_old (rl_loss)
 
     @property
     def prompt_tokens(self) -> int:
@@ -347,6 +348,7 @@ class EpisodeRunner:
             error=result.turn.error,
             answer=result.answer,
             finish_reason=action.finish_reason,
+            sampler_logprobs=action.sampler_logprobs,
         )
         r.traj.steps.append(step)
         r.turn_step += 1
@@ -400,7 +402,13 @@ def score(
         for t in trajectories
     ]
     for t, mq in zip(trajectories, judge.score(requests), strict=True):
-        t.memory_quality = mq
+        t.memory_quality = mq  # None: the judge failed; `summarize` counts it, never as 0
+
+
+def _known_mean(values: Sequence[float | None]) -> float:
+    """Mean of the values the judge could score (NaN when there is none)."""
+    known = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(known)) if known else float("nan")
 
 
 def summarize(trajectories: Sequence[Trajectory], judge_name: str = "rule") -> dict[str, Any]:
@@ -413,19 +421,23 @@ def summarize(trajectories: Sequence[Trajectory], judge_name: str = "rule") -> d
     for t in trajectories:
         for c in t.calls():
             by_name[c.name] += 1
-    rewards = [t.reward for t in trajectories if t.reward is not None]
+    scored = [t for t in trajectories if t.reward is not None]
+    rewards = [t.reward for t in scored]
     components = {}
     if rewards:
         for key in rewards[0].as_dict():
-            components[key] = float(np.mean([r.as_dict()[key] for r in rewards]))
-    task_scores = [
-        r.task if t.answer is not None else 0.0 for t, r in zip(trajectories, rewards, strict=False)
-    ]
+            components[key] = _known_mean([r.as_dict()[key] for r in rewards])
+    task_scores = [t.reward.task if t.answer is not None else 0.0 for t in scored]
+    # Failed judge scores are NaN/None: left out of the means and counted instead.
+    failures = sum(r.judge_failures for r in rewards)
+    failures += sum(t.memory_quality is None for t in scored)
     return {
         "episodes": n,
         "judge": judge_name,
-        "judge_score": float(np.mean(task_scores)) if task_scores else 0.0,
-        "memory_quality": float(np.mean([t.memory_quality or 0.0 for t in trajectories])),
+        "judge_failures": failures,
+        "unscored_episodes": sum(not np.isfinite(r.total) for r in rewards),
+        "judge_score": _known_mean(task_scores) if task_scores else 0.0,
+        "memory_quality": _known_mean([t.memory_quality for t in scored]) if scored else 0.0,
         "prompt_tokens": float(np.mean([s.prompt_tokens for s in steps])) if steps else 0.0,
         "tool_calls": sum(by_name.values()) / n,
         "tool_calls_by_name": {k: v / n for k, v in sorted(by_name.items())},

@@ -38,6 +38,11 @@ class SamplingConfig:
         return cls(**values)
 
     @property
+    def samples_pi_old(self) -> bool:
+        """Whether rollouts are drawn from the raw model itself (temperature 1, no top-k/p)."""
+        return (self.temperature, self.top_k, self.top_p) == (1.0, 0, 1.0)
+
+    @property
     def params(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
 
@@ -115,6 +120,8 @@ class ModelPolicy:
                     text=c.text or "",
                     token_ids=list(c.tokens),
                     logprobs=list(c.model_logprobs),
+                    # μ differs from π_old only away from 1/1/0; there rl_loss reweights by μ.
+                    sampler_logprobs=None if self.sampling.samples_pi_old else list(c.logprobs),
                     finish_reason=c.finish_reason,
                 )
             )
@@ -122,7 +129,8 @@ class ModelPolicy:
 
 
 class ModelStack:
-    """The model, its tokenizer and everything that talks to it: policy, summarizer, judge."""
+    """The model, its tokenizer and everything that talks to it: policy and summarizer (the
+    judge has a model of its own, `judges.LocalJudge.from_checkpoint`)."""
 
     def __init__(self, model, tokenizer, sampling: SamplingConfig, *, max_len: int, mesh=None):
         self.model = model
@@ -155,7 +163,7 @@ class ModelStack:
         self.policy.model = model
 
     def complete_batch(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
-        """Greedy chat completions (the local judge, the summarizer)."""
+        """Greedy chat completions (the summarizer)."""
         outs = generate(
             self.model,
             self.tokenizer,
