@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import make_tiny_tokenizer
@@ -123,6 +124,36 @@ def test_resume_is_exact(tiny_tok_dir, tmp_path):
                 "reward/compression", "reward/storage", "tool_calls/Add_memory"):  # fmt: skip
         assert key in flatten(straight[0]), key
     assert (tmp_path / "a" / "tensorboard").is_dir()
+
+
+def test_greedy_training_is_refused(tiny_tok_dir):
+    c = tiny_config(tiny_tok_dir)
+    c.sampling.temperature = 0.0
+    with pytest.raises(ValueError, match="greedy"):
+        grpo.build(c)
+
+
+def test_tempered_step_with_a_frozen_local_judge(tiny_tok_dir, tmp_path):
+    """One GRPO step at temperature 0.7 judged by a separate random checkpoint: the sampler's
+    log-probs reach the loss (importance weights differ from 1), the judge model shares no
+    array with the policy and is unchanged by the update, and its unparseable replies surface
+    as `judge_failures` instead of zero scores."""
+    from conftest import save_tiny_hf
+
+    save_tiny_hf("qwen3", tmp_path / "judge")
+    c = tiny_config(tiny_tok_dir, steps=1)
+    c.sampling.temperature = 0.7
+    c.judge.update(kind="local", checkpoint=str(tmp_path / "judge"), max_tokens=4)
+    s = grpo.build(c)
+    judge_leaves = [np.array(x) for x in jax.tree.leaves(nnx.state(s.judge.model))]
+    policy_ids = {id(x) for x in jax.tree.leaves(nnx.state(s.trainer.model))}
+    assert not policy_ids & {id(x) for x in jax.tree.leaves(nnx.state(s.judge.model))}
+    m = grpo.grpo_step(s, 0, c)
+    assert 0.0 < m["is_weight_mean"] and m["is_weight_mean"] != 1.0
+    assert 0.0 <= m["is_truncated_fraction"] <= 1.0
+    assert m["judge_failures"] == s.judge.stats["failures"] > 0
+    for before, after in zip(judge_leaves, jax.tree.leaves(nnx.state(s.judge.model)), strict=True):
+        np.testing.assert_array_equal(before, np.asarray(after))
 
 
 def test_sigterm_saves_then_stops(tiny_tok_dir, tmp_path):
