@@ -6,7 +6,6 @@ blocks, so a sweep or an ablation is a flag and never a code change.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -92,13 +91,10 @@ def reward_config(cfg) -> RewardConfig:
     return build(RewardConfig, cfg)
 
 
-def judge(cfg, generate: Callable | None = None) -> Judge:
-    d = dataclasses.asdict(build(JudgeConfig, cfg))
-    if d["kind"] == "local":
-        if generate is None:
-            raise ValueError("judge.kind='local' needs a model; the experiment passes the sampler")
-        d["generate"] = generate
-    return make_judge(d)
+def judge(cfg) -> Judge:
+    """The judge of the `judge` block. `local` loads its own frozen `judge.checkpoint`; it is
+    never handed the policy, so its scores cannot drift with training."""
+    return make_judge(build(JudgeConfig, cfg))
 
 
 def mesh(mesh_cfg) -> jax.sharding.Mesh:

@@ -94,6 +94,7 @@ class Step:
     error: str | None
     answer: str | None
     finish_reason: str
+    sampler_logprobs: np.ndarray | None = None  # log μ of action_ids when μ ≠ π_old (rl_loss)
 
     @property
     def prompt_tokens(self) -> int:
@@ -391,6 +392,7 @@ class EpisodeRunner:
             error=result.turn.error,
             answer=result.answer,
             finish_reason=action.finish_reason,
+            sampler_logprobs=action.sampler_logprobs,
         )
         r.traj.steps.append(step)
         r.turn_step += 1
@@ -420,6 +422,12 @@ def step_env(env: MemoryEnv, action: Action, stop_id: int | None):
     return ids, result, result.records
 
 
+def _known_mean(values: Sequence[float | None]) -> float:
+    """Mean of the values the judge could score (NaN when there is none)."""
+    known = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(known)) if known else float("nan")
+
+
 def summarize(trajectories: Sequence[Trajectory], judge_name: str = "rule") -> dict[str, Any]:
     """The evaluation table: J, MQ, TN, TC (+ per tool), reward and its components, rates."""
     n = len(trajectories)
@@ -430,19 +438,23 @@ def summarize(trajectories: Sequence[Trajectory], judge_name: str = "rule") -> d
     for t in trajectories:
         for c in t.calls():
             by_name[c.name] += 1
-    rewards = [t.reward for t in trajectories if t.reward is not None]
+    scored = [t for t in trajectories if t.reward is not None]
+    rewards = [t.reward for t in scored]
     components = {}
     if rewards:
         for key in rewards[0].as_dict():
-            components[key] = float(np.mean([r.as_dict()[key] for r in rewards]))
-    task_scores = [
-        r.task if t.answer is not None else 0.0 for t, r in zip(trajectories, rewards, strict=False)
-    ]
+            components[key] = _known_mean([r.as_dict()[key] for r in rewards])
+    task_scores = [t.reward.task if t.answer is not None else 0.0 for t in scored]
+    # Failed judge scores are NaN/None: left out of the means and counted instead.
+    failures = sum(r.judge_failures for r in rewards)
+    failures += sum(t.memory_quality is None for t in scored)
     return {
         "episodes": n,
         "judge": judge_name,
-        "judge_score": float(np.mean(task_scores)) if task_scores else 0.0,
-        "memory_quality": float(np.mean([t.memory_quality or 0.0 for t in trajectories])),
+        "judge_failures": failures,
+        "unscored_episodes": sum(not np.isfinite(r.total) for r in rewards),
+        "judge_score": _known_mean(task_scores) if task_scores else 0.0,
+        "memory_quality": _known_mean([t.memory_quality for t in scored]) if scored else 0.0,
         "prompt_tokens": float(np.mean([s.prompt_tokens for s in steps])) if steps else 0.0,
         "tool_calls": sum(by_name.values()) / n,
         "tool_calls_by_name": {k: v / n for k, v in sorted(by_name.items())},

@@ -32,20 +32,18 @@ class EvalConfig:
 
 
 def load_policy_stack(config):
-    """(policy, chat, summarize, judge_generate) for `config`; loads the model only if used."""
-    needs_model = (
-        config.policy == "model" or config.summarizer == "policy" or config.judge.kind == "local"
-    )
+    """(policy, chat, summarize) for `config`; loads the model only if used."""
+    needs_model = config.policy == "model" or config.summarizer == "policy"
     if not needs_model:
         from agemem_jax.models import load_tokenizer
 
         chat = ChatFormat(load_tokenizer(config.model.checkpoint))
-        return builders.text_policy(config.policy, config), chat, None, None
+        return builders.text_policy(config.policy, config), chat, None
     stack = builders.model_stack(config)
     policy = (
         stack.policy if config.policy == "model" else builders.text_policy(config.policy, config)
     )
-    return policy, stack.chat, stack.complete, stack.complete_batch
+    return policy, stack.chat, stack.complete
 
 
 def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
@@ -83,7 +81,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
             None,
         )
     else:
-        policy, chat, complete, _ = load_policy_stack(config)
+        policy, chat, complete = load_policy_stack(config)
     make_memory = builders.env_factory(
         chat, config.memory, config.encoder, builders.summarizer(config.summarizer, complete)
     )
@@ -117,11 +115,11 @@ def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True)
     out_dir = Path(workdir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    policy, chat, complete, judge_generate = load_policy_stack(config)
+    judge = builders.judge(config.judge)  # first: a bad judge config fails before the model loads
+    policy, chat, complete = load_policy_stack(config)
     summarize_fn = builders.summarizer(config.summarizer, complete)
     runner = builders.runner(chat, config, summarize_fn)
     tasks = builders.tasks(config.data, runner.cfg)
-    judge = builders.judge(config.judge, judge_generate)
     reward_cfg = builders.reward_config(config.reward)
     trajectories: list[Trajectory] = []
     batch = max(1, int(config.eval.batch_tasks))

@@ -86,7 +86,10 @@ def rows_from(trajectories: Sequence[Trajectory], advantages: np.ndarray) -> lis
     rows = []
     for traj, adv in zip(trajectories, np.asarray(advantages).reshape(-1), strict=True):
         for s in traj.steps:
-            rows.append(StepRow(s.prompt_ids, s.action_ids, s.logprobs, float(adv)))
+            rows.append(
+                StepRow(s.prompt_ids, s.action_ids, s.logprobs, float(adv),
+                        sampler_logprobs=s.sampler_logprobs)
+            )  # fmt: skip
     return rows
 
 
@@ -101,14 +104,16 @@ def rollout_metrics(trajs: Sequence[Trajectory], group_size: int) -> dict[str, A
     m = summarize(trajs)
     comps = m.pop("reward_components", {})
     calls = m.pop("tool_calls_by_name", {})
+    known = rewards[np.isfinite(rewards)]  # NaN: a judge failure left the reward unknown
     return {
-        "reward_mean": float(rewards.mean()),
-        "reward_std": float(rewards.std()),
+        "reward_mean": float(known.mean()) if known.size else float("nan"),
+        "reward_std": float(known.std()) if known.size else float("nan"),
         "reward_group_std": float(rewards.reshape(-1, group_size).std(axis=1, ddof=1).mean()),
         "reward": {k: v for k, v in comps.items() if k != "total"},
         "tool_calls": calls,
         **{k: v for k, v in m.items() if k in ("judge_score", "memory_quality", "prompt_tokens",
-                                               "format_error_rate", "answered_rate")},
+                                               "format_error_rate", "answered_rate",
+                                               "judge_failures", "unscored_episodes")},
     }  # fmt: skip
 
 
@@ -168,10 +173,18 @@ def _trainer(model, config, loss, learning_rate: float | None = None) -> Trainer
 
 
 def build(config) -> Setup:
+    # First, so bad settings fail before the model loads.
+    judge = builders.judge(config.judge)
+    sampling = build_block(SamplingConfig, config.sampling)
+    if sampling.params.greedy:
+        raise ValueError(
+            "GRPO cannot train on greedy rollouts (sampling.temperature=0): the sampler's "
+            "distribution is a point mass, so no importance weight can relate it to π_old; "
+            "sample with temperature > 0 (non-default temperature/top-k/top-p are corrected)"
+        )
     model, tokenizer = models.load(config.model, seed=config.seed)
     g = build_block(GRPOConfig, config.grpo)
     trainer = _trainer(model, config, g.loss)
-    sampling = build_block(SamplingConfig, config.sampling)
     mesh = trainer.mesh if trainer.mesh.size > 1 else None
     stack = ModelStack(
         trainer.model,
@@ -185,7 +198,6 @@ def build(config) -> Setup:
     tasks = builders.tasks(config.data, runner.cfg)
     if not tasks:
         raise ValueError("the dataset gave no tasks")
-    judge = builders.judge(config.judge, stack.complete_batch)
     return Setup(
         trainer, stack, runner, tasks, judge, builders.reward_config(config.reward), g,
         build_block(TrainConfig, config.train), int(config.seed),
@@ -250,7 +262,7 @@ def grpo_step(s: Setup, step: int) -> dict[str, Any]:
     score(trajs, s.judge, s.runner.cfg, s.reward_cfg)
     rollout_s = time.perf_counter() - t0
     rewards = np.asarray([_total(tr) for tr in trajs], np.float64).reshape(b, k)
-    adv = rl_loss.group_advantages(rewards, eps=g.advantage_eps)
+    adv = rl_loss.group_advantages(rewards, eps=g.advantage_eps, unknown="zero")
     rows = rows_from(trajs, adv)
     update = s.trainer.step(rows)
     calls = Counter(c.name for tr in trajs for c in tr.calls())

@@ -12,14 +12,17 @@ Three judges implement it:
 - `RuleJudge` (`"rule"`): offline and deterministic, the default on CPU and in tests. The task
   score is HotpotQA's answer F1 after the official answer normalization; the other three are
   lexical overlap against the supporting facts **(ours)**: the spec asks an LLM for these.
-- `LocalJudge` (`"local"`): any text generator (e.g. the sampler on a `load_checkpoint` model),
-  prompted with the spec's rubrics written in our own words.
-- `HttpJudge` (`"http"`): any OpenAI-compatible `/chat/completions` endpoint, with timeouts,
+- `LocalJudge` (`"local"`): a separate, frozen model loaded from `JudgeConfig.checkpoint` and
+  decoded greedily, prompted with the spec's rubrics written in our own words. It never sees
+  the policy's parameters, so the judge cannot drift with the policy it scores.
+- `HttpJudge` (`"http"`): any OpenAI-compatible `/chat/completions` endpoint, with deadlines,
   bounded retries, a concurrency limit and a response cache.
 
-LLM replies are parsed as one number in [0, 1]; an unparseable reply is counted in
-`judge.stats["unparseable"]` and scores 0. Empty inputs (no answer text, no entries, nothing
-retrieved) score 0 without asking any model **(ours)**, so every judge agrees on them.
+LLM replies are parsed as one number in [0, 1]. A reply that is not one, or (with
+`on_failure="count"`) a request the endpoint could not answer, is a *failure*: `score` returns
+None in its place and counts it in `judge.stats["failures"]`; it never becomes a 0. Empty inputs
+(no answer text, no entries, nothing retrieved) score 0 without asking any model **(ours)**, so
+every judge agrees on them. `JudgeConfig` holds every setting with its default.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import http.client
-import inspect
 import json
 import os
 import re
@@ -41,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agemem_jax.dataclass_config import build
 from agemem_jax.text import entry_fact_overlap, f1_score, lexical_memory_quality
 
 KINDS = ("task", "memory", "storage", "relevance")
@@ -50,7 +53,56 @@ GenerateFn = Callable[[list[list[dict[str, str]]]], Sequence[str]]
 
 
 class JudgeError(RuntimeError):
-    """The judge cannot produce scores (endpoint unreachable, bad reply envelope, bad config)."""
+    """The judge cannot produce scores (bad config, bad checkpoint, endpoint refusing requests)."""
+
+
+class JudgeUnavailable(JudgeError):
+    """The endpoint gave no usable reply (down, timing out, 429/5xx, not a chat completion).
+
+    Unlike a refused request (4xx), this may pass, so `on_failure="count"` counts it per request
+    instead of stopping the run.
+    """
+
+
+JUDGE_KINDS = ("rule", "local", "http")
+FAILURE_POLICIES = ("raise", "count")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Every judge setting, with its default: the single source of the `judge` config block."""
+
+    kind: str = "rule"  # rule (offline) | local (a frozen checkpoint) | http (OpenAI-compatible)
+    checkpoint: str = ""  # local: HF folder, .gguf file or embedded alias; loaded apart from policy
+    dtype: str = "float32"  # local: compute and parameter dtype of the judge model
+    base_url: str = ""  # http: e.g. http://127.0.0.1:8000/v1 (".../chat/completions" is added)
+    model: str = ""  # http: the model name the endpoint serves
+    api_key_env: str = "OPENAI_API_KEY"  # http: env var holding the key; unset = no auth header
+    timeout: float = 30.0  # http: deadline in seconds of each attempt (connect and read)
+    max_retries: int = 3  # http: extra attempts after a connection error, timeout, 429 or 5xx
+    backoff: float = 0.5  # http: first retry delay in seconds, doubled per attempt
+    max_backoff: float = 8.0  # http: cap on one retry delay
+    concurrency: int = 4  # requests in flight: http threads, or local prompts per decode batch
+    temperature: float = 0.0  # 0 = greedy: a judge should give the same input the same score
+    max_tokens: int = 16  # reply budget (local: new tokens); the rubric asks for one number
+    cache_path: str = ""  # http: JSONL reply cache reused across runs; empty = in memory only
+    on_failure: str = "raise"  # unavailable endpoint: raise (stop) | count (score None, go on)
+
+    def __post_init__(self):
+        if self.kind not in JUDGE_KINDS:
+            raise JudgeError(f"unknown judge {self.kind!r}; choose one of {list(JUDGE_KINDS)}")
+        if self.on_failure not in FAILURE_POLICIES:
+            raise JudgeError(
+                f"judge.on_failure={self.on_failure!r}; choose one of {list(FAILURE_POLICIES)}"
+            )
+        if self.timeout <= 0 or self.max_retries < 0 or self.concurrency < 1:
+            raise JudgeError("judge: need timeout > 0, max_retries >= 0, concurrency >= 1")
+        if self.backoff < 0 or self.max_backoff < 0 or self.temperature < 0:
+            raise JudgeError("judge: backoff, max_backoff and temperature must be >= 0")
+        if self.max_tokens < 1:
+            raise JudgeError(f"judge.max_tokens={self.max_tokens} must be >= 1")
+        if self.kind == "http" and not (self.base_url and self.model):
+            raise JudgeError("the http judge needs `base_url` and `model`")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,29 +133,30 @@ class JudgeRequest:
 
 
 class Judge:
-    """Scores batches of `JudgeRequest`s; every score is a float in [0, 1]."""
+    """Scores batches of `JudgeRequest`s: a float in [0, 1] each, or None where judging failed
+    (counted in `stats["failures"]`; the caller decides what an unknown score means)."""
 
     name = "base"
 
     def __init__(self):
         self.stats: Counter[str] = Counter()
 
-    def score(self, requests: Sequence[JudgeRequest]) -> list[float]:
+    def score(self, requests: Sequence[JudgeRequest]) -> list[float | None]:
         raise NotImplementedError
 
     # Conveniences over `score` for single uses.
-    def task_score(self, question: str, prediction: str, answer: str) -> float:
+    def task_score(self, question: str, prediction: str, answer: str) -> float | None:
         return self.score([JudgeRequest("task", question, answer, prediction)])[0]
 
     def memory_quality(
         self, question: str, entries: Sequence[str], facts: Sequence[str], answer: str = ""
-    ) -> float:
+    ) -> float | None:
         req = JudgeRequest("memory", question, answer, entries=tuple(entries), facts=tuple(facts))
         return self.score([req])[0]
 
     def storage_quality(
         self, question: str, answer: str, entries: Sequence[str], facts: Sequence[str] = ()
-    ) -> list[float]:
+    ) -> list[float | None]:
         """One score per entry (the spec's "high quality or not" is a threshold on it)."""
         return self.score(
             [
@@ -114,7 +167,7 @@ class Judge:
 
     def relevance(
         self, question: str, retrieved: Sequence[str], facts: Sequence[str] = (), answer: str = ""
-    ) -> float:
+    ) -> float | None:
         req = JudgeRequest(
             "relevance", question, answer, entries=tuple(retrieved), facts=tuple(facts)
         )
@@ -137,8 +190,8 @@ class RuleJudge(Judge):
 
     name = "rule"
 
-    def score(self, requests: Sequence[JudgeRequest]) -> list[float]:
-        out = []
+    def score(self, requests: Sequence[JudgeRequest]) -> list[float | None]:
+        out: list[float | None] = []
         for r in requests:
             self.stats[r.kind] += 1
             if _empty(r):
@@ -246,13 +299,17 @@ def parse_score(reply: str) -> float | None:
 
 
 class LLMJudge(Judge):
-    """Shared logic of the model-backed judges; subclasses supply `_complete`."""
+    """Shared logic of the model-backed judges; subclasses supply `_complete`.
 
-    def _complete(self, prompts: list[list[dict[str, str]]]) -> list[str]:
+    `_complete` returns one reply per prompt, None where no reply came (only under
+    `on_failure="count"`). Both a missing reply and one that holds no score become None.
+    """
+
+    def _complete(self, prompts: list[list[dict[str, str]]]) -> list[str | None]:
         raise NotImplementedError
 
-    def score(self, requests: Sequence[JudgeRequest]) -> list[float]:
-        out = [0.0] * len(requests)
+    def score(self, requests: Sequence[JudgeRequest]) -> list[float | None]:
+        out: list[float | None] = [0.0] * len(requests)
         todo = [i for i, r in enumerate(requests) if not _empty(r)]
         for r in requests:
             self.stats[r.kind] += 1
@@ -261,12 +318,15 @@ class LLMJudge(Judge):
         replies = self._complete([judge_messages(requests[i]) for i in todo])
         if len(replies) != len(todo):
             raise JudgeError(f"{self.name} judge returned {len(replies)} replies for {len(todo)}")
-        self.stats["replies"] += len(replies)
         for i, reply in zip(todo, replies, strict=True):
-            value = parse_score(reply)
-            if value is None:
-                self.stats["unparseable"] += 1
-                value = 0.0
+            if reply is None:
+                self.stats["unavailable"] += 1
+                value = None
+            else:
+                self.stats["replies"] += 1
+                value = parse_score(reply)
+                self.stats["unparseable"] += value is None
+            self.stats["failures"] += value is None
             out[i] = value
         return out
 
@@ -274,9 +334,9 @@ class LLMJudge(Judge):
 class LocalJudge(LLMJudge):
     """A judge backed by a local text generator.
 
-    `generate` maps a batch of chat prompts to one reply string each; the runner passes the
-    sampler on a `load_checkpoint` model, greedy and with a short token budget. With
-    `batched=False`, `generate` takes one prompt and returns one string.
+    `generate` maps a batch of chat prompts to one reply string each; `from_checkpoint` builds
+    one on its own frozen copy of a model. With `batched=False`, `generate` takes one prompt and
+    returns one string.
     """
 
     name = "local"
@@ -286,6 +346,43 @@ class LocalJudge(LLMJudge):
         if not callable(generate):
             raise JudgeError("the local judge needs a callable `generate` (e.g. the sampler)")
         self.generate, self.batched = generate, batched
+
+    @classmethod
+    def from_checkpoint(cls, cfg: JudgeConfig) -> LocalJudge:
+        """Load `cfg.checkpoint` as a model of its own and decode with it, `concurrency`
+        prompts per batch. The model is never trained and never shares the policy's arrays, so
+        it scores step 100 with the weights it scored step 1 with."""
+        if not cfg.checkpoint:
+            raise JudgeError(
+                "judge.kind='local' needs judge.checkpoint (an HF folder, a .gguf file or an "
+                "embedded alias): the judge is a frozen model of its own, never the policy"
+            )
+        from agemem_jax.models import load_checkpoint  # lazy: the rule judge needs no JAX
+        from agemem_jax.sampler import generate
+
+        try:
+            model, tokenizer = load_checkpoint(cfg.checkpoint, cfg.dtype)
+        except Exception as e:  # missing, truncated or foreign files all fail in their own way
+            raise JudgeError(
+                f"judge.checkpoint {cfg.checkpoint!r} cannot be loaded: {type(e).__name__}: {e}"
+            ) from e
+
+        def complete(prompts: list[list[dict[str, str]]]) -> list[str]:
+            replies: list[str] = []
+            for start in range(0, len(prompts), cfg.concurrency):
+                outs = generate(
+                    model,
+                    tokenizer,
+                    prompts[start : start + cfg.concurrency],
+                    cfg.max_tokens,
+                    temperature=cfg.temperature,
+                )
+                replies += [o.text or "" for o in outs]
+            return replies
+
+        judge = cls(complete)
+        judge.model = model  # kept for inspection (tests check it is not the policy's)
+        return judge
 
     def _complete(self, prompts):
         if self.batched:
@@ -299,11 +396,15 @@ class HttpJudge(LLMJudge):
     POSTs `{base_url}/chat/completions`. The key is read from the environment variable named
     `api_key_env` (no header when it is unset, as local servers need none). Connection errors,
     timeouts, HTTP 429 and 5xx are retried `max_retries` times with exponential backoff; other
-    4xx fail at once. The first hard failure marks the endpoint dead: the error is raised once
-    and later calls fail immediately, so an evaluation stops with one message instead of waiting
-    out every remaining request. Requests run on at most `concurrency` threads, and replies are
-    cached by (model, prompt, sampling settings), in memory and, with `cache_path`, in a JSONL
-    file that later runs reuse.
+    4xx fail at once, whatever `on_failure` says (a refused request is a config error that no
+    retry heals). Every attempt has the `timeout` deadline, so a call takes at most about
+    (max_retries + 1) · (timeout + max_backoff) per request. The first hard failure marks the
+    endpoint dead for the rest of the batch, so it stops with one message instead of waiting
+    out every remaining request. With `on_failure="raise"` that message is raised and later
+    calls fail at once; with `"count"` the batch's unanswered requests come back as None and
+    the next batch tries the endpoint again. Requests run on at most `concurrency` threads, and
+    replies are cached by (model, prompt, sampling settings), in memory and, with `cache_path`,
+    in a JSONL file that later runs reuse.
     """
 
     name = "http"
@@ -322,12 +423,16 @@ class HttpJudge(LLMJudge):
         temperature: float = 0.0,
         max_tokens: int = 16,
         cache_path: str | os.PathLike | None = None,
+        on_failure: str = "raise",
     ):
         super().__init__()
         if not base_url or not model:
             raise JudgeError("the http judge needs `base_url` and `model`")
         if timeout <= 0 or max_retries < 0 or concurrency < 1:
             raise JudgeError("http judge: need timeout > 0, max_retries >= 0, concurrency >= 1")
+        if on_failure not in FAILURE_POLICIES:
+            raise JudgeError(f"on_failure={on_failure!r}; choose one of {list(FAILURE_POLICIES)}")
+        self.on_failure = on_failure
         self.url = base_url.rstrip("/") + "/chat/completions"
         # A server on this machine is never reached through a proxy from the environment.
         host = urllib.parse.urlsplit(self.url).hostname or ""
@@ -343,6 +448,7 @@ class HttpJudge(LLMJudge):
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._lock = threading.Lock()
         self._dead: str | None = None
+        self._dead_type: type[JudgeError] = JudgeUnavailable
         self._cache: dict[str, str] = {}
         self.cache_path = Path(cache_path) if cache_path else None
         if self.cache_path and self.cache_path.exists():
@@ -365,11 +471,15 @@ class HttpJudge(LLMJudge):
         blob = json.dumps(self._body(messages), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _fail(self, message: str) -> JudgeError:
+    def _fail(self, message: str, error: type[JudgeError] = JudgeUnavailable) -> JudgeError:
         with self._lock:
             if self._dead is None:
-                self._dead = message
-        return JudgeError(self._dead)
+                self._dead, self._dead_type = message, error
+        return self._dead_type(self._dead)
+
+    def _raise_if_dead(self) -> None:
+        if self._dead:
+            raise self._dead_type(self._dead)
 
     def _post(self, messages) -> str:
         data = json.dumps(self._body(messages)).encode()
@@ -379,8 +489,7 @@ class HttpJudge(LLMJudge):
             headers["Authorization"] = f"Bearer {key}"
         last = ""
         for attempt in range(self.max_retries + 1):
-            if self._dead:
-                raise JudgeError(self._dead)
+            self._raise_if_dead()
             if attempt:
                 self.stats["retries"] += 1
                 time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
@@ -394,7 +503,9 @@ class HttpJudge(LLMJudge):
                 last = f"HTTP {e.code} {detail!r}"
                 if e.code == 429 or e.code >= 500:
                     continue
-                raise self._fail(f"judge endpoint {self.url} rejected the request: {last}") from e
+                raise self._fail(
+                    f"judge endpoint {self.url} rejected the request: {last}", JudgeError
+                ) from e
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 reason = getattr(e, "reason", e)
                 last = f"{type(reason).__name__}: {reason}"
@@ -412,21 +523,28 @@ class HttpJudge(LLMJudge):
         )
 
     def _complete(self, prompts):
-        if self._dead:
-            raise JudgeError(self._dead)
+        if self.on_failure == "count" and self._dead_type is JudgeUnavailable:
+            self._dead = None  # each batch gives a flaky endpoint a new chance
+        self._raise_if_dead()
         keys = [self._key(p) for p in prompts]
         missing = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._cache}
         self.stats["cache_hits"] += len(keys) - len(missing)
+        failed: set[str] = set()
         if missing:
             pool = cf.ThreadPoolExecutor(max_workers=min(self.concurrency, len(missing)))
             futures = {pool.submit(self._post, p): k for k, p in missing.items()}
             try:
                 for fut in cf.as_completed(futures):
-                    self._store(futures[fut], fut.result())
+                    try:
+                        self._store(futures[fut], fut.result())
+                    except JudgeUnavailable:
+                        if self.on_failure == "raise":
+                            raise
+                        failed.add(futures[fut])
             finally:
                 # On failure, queued requests are dropped; running ones see `_dead` and stop.
                 pool.shutdown(wait=True, cancel_futures=True)
-        return [self._cache[k] for k in keys]
+        return [None if k in failed else self._cache[k] for k in keys]
 
     def _store(self, key: str, reply: str) -> None:
         with self._lock:
@@ -440,47 +558,37 @@ class HttpJudge(LLMJudge):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class JudgeConfig:
-    """Which judge scores answers and memories: the `judge` config block."""
+def make_judge(
+    cfg: JudgeConfig | Mapping | str | None = None, generate: Callable | None = None, **overrides
+) -> Judge:
+    """The judge `cfg` describes (a `JudgeConfig`, a mapping or ConfigDict, or a kind name).
 
-    kind: str = "rule"  # rule | local (a model) | http (OpenAI-compatible endpoint)
-    base_url: str = ""  # http: e.g. http://127.0.0.1:8000/v1
-    model: str = ""  # http: the served model's name
-    api_key_env: str = "OPENAI_API_KEY"  # http: environment variable holding the key
-    timeout: float = 30.0  # http: seconds per request
-    max_retries: int = 3  # http: retries on connection errors, 429 and 5xx
-    concurrency: int = 4  # http: requests in flight
-    cache_path: str = ""  # http: JSONL reply cache reused across runs (empty: memory only)
-
-
-def make_judge(spec: str | Mapping | None = "rule", /, **overrides) -> Judge:
-    """A judge from a name or a config mapping (plain dict or ml_collections ConfigDict).
-
-    `make_judge("rule")`, `make_judge("local", generate=fn)`,
-    `make_judge({"kind": "http", "base_url": ..., "model": ...})`. Keys besides `kind` are the
-    judge's constructor arguments; `overrides` win over the mapping.
+    `make_judge("rule")`, `make_judge({"kind": "local", "checkpoint": "smollm2-135m-instruct"})`,
+    `make_judge({"kind": "http", "base_url": ..., "model": ...})`. `overrides` win over `cfg`.
+    `generate` replaces the local judge's own model with any batch text generator (tests); it is
+    never the policy's sampler, which would make the judge drift with training.
     """
-    if spec is None:
-        spec = "rule"
-    if hasattr(spec, "to_dict"):
-        spec = spec.to_dict()
-    cfg = {"kind": spec} if isinstance(spec, str) else dict(spec)
-    cfg.update(overrides)
-    kind = cfg.pop("kind", "rule")
-    classes = {"rule": RuleJudge, "local": LocalJudge, "http": HttpJudge}
-    if kind not in classes:
-        raise JudgeError(f"unknown judge {kind!r}; choose one of {sorted(classes)}")
-    # One config block may hold every judge's settings; each kind takes its own, and a key that
-    # belongs to none of them is a typo worth an error.
-    own = {k: set(inspect.signature(c.__init__).parameters) - {"self"} for k, c in classes.items()}
-    unknown = set(cfg) - set().union(*own.values())
-    if unknown:
-        raise JudgeError(f"unknown judge settings {sorted(unknown)}")
-    cfg = {k: v for k, v in cfg.items() if k in own[kind] and v is not None}
-    if kind == "local" and "generate" not in cfg:
-        raise JudgeError("the local judge needs generate=<callable>, e.g. the sampler")
+    if isinstance(cfg, str):
+        cfg = {"kind": cfg}
     try:
-        return classes[kind](**cfg)
-    except TypeError as e:
-        raise JudgeError(f"bad settings for the {kind} judge: {e}") from e
+        c = build(JudgeConfig, cfg, **overrides)
+    except ValueError as e:  # an unknown key: a typo in a judge flag must not pass silently
+        raise JudgeError(str(e)) from None
+    if c.kind == "rule":
+        return RuleJudge()
+    if c.kind == "local":
+        return LocalJudge(generate) if generate is not None else LocalJudge.from_checkpoint(c)
+    return HttpJudge(
+        c.base_url,
+        c.model,
+        api_key_env=c.api_key_env,
+        timeout=c.timeout,
+        max_retries=c.max_retries,
+        backoff=c.backoff,
+        max_backoff=c.max_backoff,
+        concurrency=c.concurrency,
+        temperature=c.temperature,
+        max_tokens=c.max_tokens,
+        cache_path=c.cache_path or None,
+        on_failure=c.on_failure,
+    )

@@ -40,7 +40,9 @@ class StepRow:
     `old_logprobs` are the sampler's raw (temperature-1) log-probs of the action tokens, π_old.
     `action_mask` marks which action tokens the policy generated (default: all); tokens the host
     forced into the action (e.g. a completed stop sequence) get 0. SFT rows leave
-    `old_logprobs` as None.
+    `old_logprobs` as None. `sampler_logprobs` are the log-probs under the distribution the
+    sampler actually drew from (μ: temperature, top-k, top-p applied); None means μ = π_old
+    (default sampling), which makes the importance weight exactly 1.
     """
 
     prompt_ids: Sequence[int] | np.ndarray
@@ -48,6 +50,7 @@ class StepRow:
     old_logprobs: Sequence[float] | np.ndarray | None = None
     advantage: float = 0.0
     action_mask: Sequence[bool] | np.ndarray | None = None
+    sampler_logprobs: Sequence[float] | np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +90,7 @@ class PackedBatch(NamedTuple):
     old_logp: np.ndarray  # float32, π_old of targets (0 where masked)
     advantages: np.ndarray  # float32, the step row's advantage on its action positions
     loss_ids: np.ndarray  # int32, 1..n: which step row a loss position belongs to; 0 elsewhere
+    sampler_logp: np.ndarray  # float32, log μ of targets; equal to old_logp where μ = π_old
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -159,17 +163,26 @@ def _row_arrays(row: StepRow, index: int):
             raise ValueError(f"step row {index}: {old.size} old log-probs for {n_act} actions")
         if not np.all(np.isfinite(old[mask > 0])):
             raise ValueError(f"step row {index}: non-finite old log-prob on a loss token")
+    sampler = old
+    if row.sampler_logprobs is not None:
+        if row.old_logprobs is None:
+            raise ValueError(f"step row {index}: sampler log-probs without old log-probs")
+        sampler = np.asarray(row.sampler_logprobs, np.float32).reshape(-1)
+        if sampler.size != n_act:
+            raise ValueError(f"step row {index}: {sampler.size} sampler log-probs for {n_act}")
+        if not np.all(np.isfinite(sampler[mask > 0])):
+            raise ValueError(f"step row {index}: non-finite sampler log-prob on a loss token")
     if not np.isfinite(row.advantage):
         raise ValueError(f"step row {index}: advantage {row.advantage} is not finite")
-    return np.concatenate([prompt, action]), mask, old
+    return np.concatenate([prompt, action]), mask, old, sampler
 
 
 def _chains(seqs: list, merge: bool) -> list[list]:
-    """Group consecutive `(index, tokens, mask, old)` entries into chains: an entry joins the
-    previous chain when its prompt begins with that chain's whole sequence."""
+    """Group consecutive `(index, tokens, mask, old, sampler)` entries into chains: an entry
+    joins the previous chain when its prompt begins with that chain's whole sequence."""
     chains: list[list] = []
     for item in seqs:
-        _, tokens, mask, _ = item
+        _, tokens, mask = item[:3]
         if merge and chains:
             last = chains[-1][-1][1]
             prompt_len = tokens.size - mask.size
@@ -190,11 +203,11 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
     row are packed as one chain (module docstring).
     """
     cfg = build(PackingConfig, cfg, **overrides)
-    seqs = []  # (index, tokens, mask, old)
+    seqs = []  # (index, tokens, mask, old, sampler)
     locations: list[Any] = [None] * len(rows)
     dropped = 0
     for i, row in enumerate(rows):
-        tokens, mask, old = _row_arrays(row, i)
+        tokens, mask, old, sampler = _row_arrays(row, i)
         if mask.sum() == 0:
             dropped += 1
             continue
@@ -202,7 +215,7 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
             raise ValueError(
                 f"step row {i}: {tokens.size} tokens exceed max_row_len={cfg.max_row_len} + 1"
             )
-        seqs.append((i, tokens, mask, old))
+        seqs.append((i, tokens, mask, old, sampler))
     if not seqs:
         raise ValueError(f"nothing to train: all {len(rows)} step rows have no loss token")
     chains = _chains(seqs, cfg.merge_prefixes)
@@ -236,7 +249,7 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
     for m, n_rows in enumerate(sizes):
         shape = (n_rows, row_len)
         ids, tgt, pos, seg, lids = (np.zeros(shape, np.int32) for _ in range(5))
-        lmask, old_lp, adv = (np.zeros(shape, np.float32) for _ in range(3))
+        lmask, old_lp, adv, smp_lp = (np.zeros(shape, np.float32) for _ in range(4))
         for r in range(n_rows):
             if packed_row >= len(members):
                 break  # padding rows of the last micro-batch
@@ -248,20 +261,21 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
                 tgt[r, sl] = seq[1:]
                 pos[r, sl] = np.arange(n)
                 seg[r, sl] = s
-                for index, tokens, mask, old in chains[j]:
+                for index, tokens, mask, old, sampler in chains[j]:
                     loss_id += 1
                     end = start + tokens.size - 1
                     first = tokens.size - mask.size - 1  # position that predicts action token 0
                     act = slice(start + first, end)
                     lmask[r, act] = mask
                     old_lp[r, act] = old * mask
+                    smp_lp[r, act] = sampler * mask
                     adv[r, act] = rows[index].advantage
                     lids[r, act] = loss_id
                     locations[index] = (m, r, start, tokens.size - 1, first)
                 start += n
                 real += n
             packed_row += 1
-        micro_batches.append(PackedBatch(ids, tgt, pos, seg, lmask, old_lp, adv, lids))
+        micro_batches.append(PackedBatch(ids, tgt, pos, seg, lmask, old_lp, adv, lids, smp_lp))
     return Packed(micro_batches, locations, real, dropped)
 
 

@@ -47,6 +47,7 @@ class Action:
     text: str
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None  # raw-model log-probs of token_ids (π_old)
+    sampler_logprobs: list[float] | None = None  # log μ under non-default sampling, else None
     finish_reason: str = "stop"
 
 

@@ -122,6 +122,11 @@ class Reward:
     `task` is R_task as it enters the total (the judge score, or P_no_answer); `no_answer`
     repeats that penalty (0 when answered) so it can be logged apart, and is not added twice.
     `penalty` = `rounds_penalty` + `overflow_penalty` = P_penalty.
+
+    `judge_failures` counts this episode's judge requests that got no score. A part is computed
+    from the scores that came back where that is defined (R_storage over the entries judged);
+    otherwise (R_task, R_relevance, or every entry unjudged) it is NaN, as is every sum it
+    enters with a non-zero weight, so an unknown reward is never made up **(ours)**.
     """
 
     total: float
@@ -138,6 +143,7 @@ class Reward:
     no_answer: float
     rounds_penalty: float
     overflow_penalty: float
+    judge_failures: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -221,22 +227,26 @@ def compute_rewards(
     if len(scores) != len(flat):
         raise ValueError(f"judge returned {len(scores)} scores for {len(flat)} requests")
     for s in scores:
-        if not 0.0 <= s <= 1.0:
+        if s is not None and not 0.0 <= s <= 1.0:
             raise ValueError(f"judge score {s} is outside [0, 1]")
+    nan = float("nan")
     out, pos = [], 0
-    for ep in episodes:
+    for ep, reqs in zip(episodes, per_episode, strict=True):
+        failures = sum(s is None for s in scores[pos : pos + len(reqs)])
         answered = ep.answer is not None
         task = scores[pos] if answered else cfg.p_no_answer
+        task = nan if task is None else task
         pos += answered
-        storage_scores = scores[pos : pos + len(ep.added_entries)]
+        storage_scores = [s for s in scores[pos : pos + len(ep.added_entries)] if s is not None]
         pos += len(ep.added_entries)
         relevance = 0.0  # nothing retrieved: nothing relevant (ours)
         if ep.retrieved:
-            relevance = scores[pos]
+            relevance = nan if scores[pos] is None else scores[pos]
             pos += 1
-        storage = sum(s >= cfg.storage_threshold for s in storage_scores) / max(
-            1, len(ep.added_entries)
-        )
+        high = sum(s >= cfg.storage_threshold for s in storage_scores)
+        storage = high / max(1, len(ep.added_entries))
+        if len(storage_scores) < len(ep.added_entries):  # over the judged entries only
+            storage = high / len(storage_scores) if storage_scores else nan
         parts = dict(
             compression=compression(ep),
             preventive=preventive(ep),
@@ -252,13 +262,16 @@ def compute_rewards(
             + cfg.alpha_preventive * parts["preventive"]
             + cfg.alpha_preservation * parts["preservation"]
         )
-        memory = (
-            cfg.beta_storage * parts["storage"]
-            + cfg.beta_maintenance * parts["maintenance"]
-            + cfg.beta_relevance * parts["relevance"]
+        memory = _weighted(
+            (cfg.beta_storage, parts["storage"]),
+            (cfg.beta_maintenance, parts["maintenance"]),
+            (cfg.beta_relevance, parts["relevance"]),
         )
         penalty = parts["rounds_penalty"] + parts["overflow_penalty"]
-        total = cfg.w_task * task + cfg.w_context * context + cfg.w_memory * memory + penalty
+        total = (
+            _weighted((cfg.w_task, task), (cfg.w_context, context), (cfg.w_memory, memory))
+            + penalty
+        )
         out.append(
             Reward(
                 total=total,
@@ -267,10 +280,17 @@ def compute_rewards(
                 memory=memory,
                 penalty=penalty,
                 no_answer=0.0 if answered else cfg.p_no_answer,
+                judge_failures=failures,
                 **parts,
             )
         )
     return out
+
+
+def _weighted(*terms: tuple[float, float]) -> float:
+    """Σ w·x, leaving out terms of weight 0 so an unknown (NaN) part that the config switches
+    off (e.g. R_memory in the answer-only ablation) cannot make the total unknown."""
+    return sum((w * x for w, x in terms if w), 0.0)
 
 
 def compute_reward(
@@ -306,4 +326,4 @@ def score(
         for t in trajectories
     ]
     for t, mq in zip(trajectories, judge.score(requests), strict=True):
-        t.memory_quality = mq
+        t.memory_quality = mq  # None: the judge failed; `summarize` counts it, never as 0

@@ -10,6 +10,14 @@ Token arrays are `[rows, T]` and aligned with the *prediction* position: `logp[r
 log-prob of the token the model predicts at t (the packed batch's `targets`). `loss_ids`
 (1..n per row, 0 = no loss) say which step row a loss token belongs to, so several step rows
 can share one packed row, or one chain of prefix-sharing positions (`agemem_jax.packing`).
+
+Sampler correction. π_old is the raw model's log-prob at temperature 1, but a rollout drawn with
+another temperature, top-k or top-p comes from a different distribution μ. Truncated importance
+sampling reweights each token's surrogate by w = min(π_old/μ, C) (`tis_weights`), which moves
+the expectation from μ back to π_old up to the cap. Where μ is π_old itself (the default 1/1/0
+sampling) the packed μ log-probs equal π_old's, so w is exactly 1 and the loss is unchanged.
+Two limits remain: tokens μ cannot draw (outside top-k/top-p) get no gradient however π_old
+weighs them, and greedy decoding (μ a point mass) cannot be corrected at all, so GRPO refuses it.
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ class LossConfig:
     # seq_mean_token_sum_norm divides each row's token sum by this constant (max response length)
     # rather than by its own length, so long and short actions weigh per token alike.
     token_sum_norm: float = 2048.0
+    # C of the truncated importance weight min(π_old/μ, C) between sampler μ and π_old; >= 1 so
+    # on-distribution tokens (weight 1) are never scaled down.
+    tis_cap: float = 2.0
 
     def __post_init__(self):
         if self.kl_estimator not in KL_ESTIMATORS:
@@ -62,22 +73,45 @@ class LossConfig:
             raise ValueError(f"kl_beta={self.kl_beta} must be >= 0")
         if self.token_sum_norm <= 0 or self.log_ratio_clamp <= 0 or self.kl_clamp <= 0:
             raise ValueError("token_sum_norm, log_ratio_clamp and kl_clamp must be > 0")
+        if not self.tis_cap >= 1:
+            raise ValueError(f"tis_cap={self.tis_cap} must be >= 1")
 
 
 
 # ---------------------------------------------------------------- advantages (host side)
 def group_advantages(
-    rewards, group_ids=None, *, group_size: int | None = None, eps: float = 1e-6
+    rewards,
+    group_ids=None,
+    *,
+    group_size: int | None = None,
+    eps: float = 1e-6,
+    unknown: str = "raise",
 ) -> np.ndarray:
     """A = (r − mean_G) / (std_G + eps), std with ddof = 1 (spec section 5).
 
     `rewards` is `[B, K]` (one row per task), or flat `[N]` with either `group_ids` `[N]` (any
     order, ragged groups allowed) or `group_size` (consecutive groups of that size). A group of
     one has no sample std, which is an error rather than a silent NaN.
+
+    A NaN reward is unknown (the judge failed on it). `unknown="raise"` refuses it;
+    `unknown="zero"` (`[B, K]` only) gives it advantage 0 and normalizes its group over the
+    known rewards, and a group with fewer than two known rewards gets 0 throughout **(ours)**:
+    an episode whose reward is unknown pushes the policy neither way.
     """
     r = np.asarray(rewards, np.float64)
-    if not np.all(np.isfinite(r)):
+    if unknown not in ("raise", "zero"):
+        raise ValueError(f"unknown={unknown!r}; choose 'raise' or 'zero'")
+    if np.any(np.isinf(r)) or (unknown == "raise" and np.any(np.isnan(r))):
         raise ValueError("rewards contain NaN or inf")
+    if np.any(np.isnan(r)):
+        if r.ndim != 2 or group_ids is not None or group_size is not None:
+            raise ValueError("unknown (NaN) rewards are handled for [B, K] rewards only")
+        adv = np.zeros(r.shape, np.float32)
+        for b, row in enumerate(r):
+            known = ~np.isnan(row)
+            if known.sum() >= 2:
+                adv[b, known] = group_advantages(row[known][None], eps=eps)[0]
+        return adv
     if r.ndim == 2:
         if group_ids is not None or group_size is not None:
             raise ValueError("[B, K] rewards already define groups; pass no group_ids/group_size")
@@ -148,6 +182,15 @@ def ppo_clip_terms(
     return loss, (clipped < unclipped).astype(jnp.float32), ratio
 
 
+def tis_weights(old_logp: Array, sampler_logp: Array, cap: float) -> tuple[Array, Array]:
+    """Per-token truncated importance weight min(π_old/μ, cap) and the truncated flag.
+
+    exp(0) is exactly 1, so tokens whose μ log-prob equals π_old's weigh exactly 1.
+    """
+    raw = jnp.exp(jax.lax.stop_gradient(old_logp - sampler_logp))
+    return jnp.minimum(raw, cap), (raw > cap).astype(jnp.float32)
+
+
 # ---------------------------------------------------------------- aggregation
 def _step_row_token_counts(mask: Array, loss_ids: Array) -> tuple[Array, Array]:
     """Loss tokens of each token's step row, broadcast back to tokens, and the number of step
@@ -197,15 +240,24 @@ def grpo_loss(
     loss_ids: Array | None,
     cfg: LossConfig,
     entropy: Array | None = None,
+    sampler_logp: Array | None = None,
 ) -> tuple[Array, Array, dict[str, Array]]:
     """Per-token PPO-clip surrogate plus β·KL(π_θ ‖ π_ref), aggregated by `cfg.aggregation`.
 
+    With `sampler_logp` (log μ of the sampled tokens), the surrogate of each token is weighted by
+    `tis_weights` (module docstring). The KL term is left unweighted **(ours)**: it regularizes
+    toward π_ref on whatever tokens were drawn and needs no unbiased gradient.
     Returns (numerator, denominator, stats); stats are token sums for `finalize_stats`.
     """
     mask = mask.astype(jnp.float32)
     pg, clip_active, ratio = ppo_clip_terms(logp, old_logp, advantages, cfg)
-    per_token = pg
     stats = {}
+    if sampler_logp is not None:
+        is_weight, truncated = tis_weights(old_logp, sampler_logp, cfg.tis_cap)
+        pg = pg * is_weight
+        stats["is_weight_sum"] = jnp.sum(is_weight * mask)
+        stats["is_truncated_sum"] = jnp.sum(truncated * mask)
+    per_token = pg
     if ref_logp is not None and cfg.kl_beta > 0:
         kl = kl_estimate(logp, ref_logp, cfg.kl_estimator, cfg.kl_clamp)
         per_token = per_token + cfg.kl_beta * kl
@@ -259,6 +311,8 @@ def finalize_stats(stats: Mapping[str, Any]) -> dict[str, float]:
         "logprob_abs_gap_sum": "logprob_abs_gap",
         "entropy_sum": "entropy",
         "nll_sum": "nll",
+        "is_weight_sum": "is_weight_mean",
+        "is_truncated_sum": "is_truncated_fraction",
     }
     out = {"tokens": float(stats["tokens"])}
     for key, name in names.items():

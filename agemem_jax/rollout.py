@@ -91,6 +91,8 @@ class ModelPolicy:
                     text=c.text or "",
                     token_ids=list(c.tokens),
                     logprobs=list(c.model_logprobs),
+                    # μ differs from π_old only away from 1/1/0; there rl_loss reweights by μ.
+                    sampler_logprobs=None if self.sampling.samples_pi_old else list(c.logprobs),
                     finish_reason=c.finish_reason,
                 )
             )
@@ -98,7 +100,8 @@ class ModelPolicy:
 
 
 class ModelStack:
-    """The model, its tokenizer and everything that talks to it: policy, summarizer, judge."""
+    """The model, its tokenizer and everything that talks to it: policy and summarizer (the
+    judge has a model of its own, `judges.LocalJudge.from_checkpoint`)."""
 
     def __init__(self, model, tokenizer, sampling: SamplingConfig, *, max_len: int, mesh=None):
         self.model = model
@@ -114,7 +117,7 @@ class ModelStack:
         self.policy.model = model
 
     def complete_batch(self, prompts: Sequence[list[dict[str, str]]]) -> list[str]:
-        """Greedy chat completions (the local judge, the summarizer)."""
+        """Greedy chat completions (the summarizer)."""
         outs = generate(
             self.model,
             self.tokenizer,

@@ -107,8 +107,9 @@ class SamplingConfig:
     """How the policy samples its turns: the `sampling` config block.
 
     The default distribution is the raw model (temperature 1, no truncation): GRPO's π_old is
-    the model's own log-prob, so rollouts drawn elsewhere need a correction. Evaluation presets
-    set temperature 0 (greedy) explicitly. `max_new_tokens` is the spec's max response length.
+    the model's own log-prob, and rollouts drawn from another distribution are corrected by
+    truncated importance sampling (`rl_loss`, `grpo.loss.tis_cap`). Evaluation presets set
+    temperature 0 (greedy) explicitly. `max_new_tokens` is the spec's max response length.
     """
 
     temperature: float = 1.0
@@ -126,6 +127,11 @@ class SamplingConfig:
     @property
     def params(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def samples_pi_old(self) -> bool:
+        """Whether rollouts are drawn from the raw model itself (temperature 1, no top-k/p)."""
+        return (self.temperature, self.top_k, self.top_p) == (1.0, 0, 1.0)
 
 
 @dataclasses.dataclass

@@ -262,6 +262,7 @@ class Trainer:
                 batch.loss_ids,
                 self.loss_cfg,
                 entropy,
+                sampler_logp=batch.sampler_logp,
             )
         return rl_loss.sft_loss(
             logp,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import make_tiny_tokenizer
@@ -18,6 +19,7 @@ from flax import nnx
 from agemem_jax import grpo, rl_loss
 from agemem_jax.checkpointing import Checkpointer
 from agemem_jax.config_lib import from_file
+from agemem_jax.judges import JudgeRequest
 from agemem_jax.metrics_log import flatten, read_jsonl
 from agemem_jax.models import Decoder, ModelConfig
 from agemem_jax.packing import StepRow
@@ -120,6 +122,40 @@ def test_resume_is_exact(tiny_tok_dir, tmp_path):
                 "reward/compression", "reward/storage", "tool_calls/Add_memory"):  # fmt: skip
         assert key in flatten(straight[0]), key
     assert (tmp_path / "a" / "tensorboard").is_dir()
+
+
+def test_greedy_training_is_refused(tiny_tok_dir):
+    c = tiny_config(tiny_tok_dir)
+    c.sampling.temperature = 0.0
+    with pytest.raises(ValueError, match="greedy"):
+        grpo.build(c)
+
+
+def test_tempered_step_with_a_frozen_local_judge(tiny_tok_dir, tmp_path):
+    """One GRPO step at temperature 0.7 judged by a separate random checkpoint: the sampler's
+    log-probs reach the loss (importance weights differ from 1), the judge model shares no
+    array with the policy and is unchanged by the update, and the step reports exactly the
+    failures the judge counted."""
+    from conftest import save_tiny_hf
+
+    save_tiny_hf("qwen3", tmp_path / "judge")
+    c = tiny_config(tiny_tok_dir, steps=1)
+    c.sampling.temperature = 0.7
+    c.judge.update(kind="local", checkpoint=str(tmp_path / "judge"), max_tokens=4)
+    s = grpo.build(c)
+    judge_leaves = [np.array(x) for x in jax.tree.leaves(nnx.state(s.judge.model))]
+    policy_ids = {id(x) for x in jax.tree.leaves(nnx.state(s.trainer.model))}
+    assert not policy_ids & {id(x) for x in jax.tree.leaves(nnx.state(s.judge.model))}
+    m = grpo.grpo_step(s, 0, c)
+    assert 0.0 < m["is_weight_mean"] and m["is_weight_mean"] != 1.0
+    assert 0.0 <= m["is_truncated_fraction"] <= 1.0
+    # A random policy seldom answers or stores anything, so the judge may not be asked at all;
+    # whatever it failed on is what the step reports.
+    assert m["judge_failures"] == s.judge.stats["failures"]
+    scores = s.judge.score([JudgeRequest("task", "Who?", "Paris", "paris")])
+    assert s.judge.stats["replies"] >= 1 and (scores[0] is None or 0 <= scores[0] <= 1)
+    for before, after in zip(judge_leaves, jax.tree.leaves(nnx.state(s.judge.model)), strict=True):
+        np.testing.assert_array_equal(before, np.asarray(after))
 
 
 def test_sigterm_saves_then_stops(tiny_tok_dir, tmp_path):

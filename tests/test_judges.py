@@ -6,6 +6,7 @@ network carries a timeout, so a hang fails instead of stalling CI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -14,10 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from agemem_jax.dataclass_config import block, build
 from agemem_jax.judges import (
     HttpJudge,
+    JudgeConfig,
     JudgeError,
     JudgeRequest,
+    JudgeUnavailable,
     LocalJudge,
     RuleJudge,
     judge_messages,
@@ -153,7 +157,7 @@ def test_prompts_carry_the_material_and_the_scale():
     assert "- R1\n- R2" in rel and "Reference answer" not in rel  # relevance is to q only
 
 
-def test_local_judge_batches_and_counts_unparseable():
+def test_local_judge_batches_and_counts_unparseable_as_failures():
     seen = []
 
     def generate(prompts):
@@ -167,10 +171,12 @@ def test_local_judge_batches_and_counts_unparseable():
         JudgeRequest("storage", "q3", "a", entries=("an entry",)),
         JudgeRequest("relevance", "q4", entries=("hit",)),
     ]
-    assert judge.score(reqs) == [0.6, 0.0, 0.0, 1.0]
+    # "no idea" is no score: None (a failure), never a 0 that would read as a wrong answer.
+    assert judge.score(reqs) == [0.6, 0.0, None, 1.0]
     assert len(seen) == 1 and len(seen[0]) == 3  # one batched call, empties skipped
     assert "q3" in seen[0][1][1]["content"]
     assert judge.stats["unparseable"] == 1 and judge.stats["replies"] == 3
+    assert judge.stats["failures"] == 1
 
     single = LocalJudge(lambda p: "0.3", batched=False)
     assert single.score(reqs[:1]) == [0.3]
@@ -351,10 +357,15 @@ def test_http_client_error_is_not_retried(endpoint):
 def test_http_garbage_and_unparseable_replies(endpoint):
     endpoint.default = ("ok", "it is quite good")
     judge = http_judge(endpoint.url)
-    assert judge.score([TASK]) == [0.0] and judge.stats["unparseable"] == 1
+    # Counted as a failure and scored None, not 0, under either failure policy.
+    assert judge.score([TASK]) == [None] and judge.stats["unparseable"] == 1
+    assert judge.stats["failures"] == 1
+    assert http_judge(endpoint.url, on_failure="count").score([TASK]) == [None]
     endpoint.default = ("garbage", b"<html>not json</html>")
-    with pytest.raises(JudgeError, match="no chat completion"):
+    with pytest.raises(JudgeUnavailable, match="no chat completion"):
         http_judge(endpoint.url).score([TASK])
+    counting = http_judge(endpoint.url, on_failure="count")
+    assert counting.score([TASK]) == [None] and counting.stats["unavailable"] == 1
 
 
 @pytest.mark.timeout(30)
@@ -367,6 +378,38 @@ def test_http_unreachable_endpoint_fails_fast():
     with pytest.raises(JudgeError, match=r"127\.0\.0\.1.*unreachable after 3 attempts"):
         judge.score([TASK, JudgeRequest("task", "q", "a", "b")])
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.timeout(30)
+def test_http_count_policy_scores_none_and_recovers(endpoint):
+    """on_failure="count": a batch the endpoint cannot answer comes back as counted Nones in
+    bounded time, the answered part of a batch keeps its scores, and the next batch retries."""
+    other = JudgeRequest("task", "Who wrote Ulysses?", "James Joyce", "Joyce")
+    endpoint.default = (
+        "ok",
+        lambda body: "0.8" if "Emma" in str(body["messages"]) else "0.3",
+    )
+    judge = http_judge(endpoint.url, on_failure="count", max_retries=1, concurrency=1)
+    endpoint.plan = [("ok", "0.8"), ("status", 500), ("status", 500)]
+    assert judge.score([TASK, other]) == [0.8, None]  # Emma answered, Ulysses got two 500s
+    assert judge.stats["failures"] == 1 and judge.stats["unavailable"] == 1
+    assert judge.score([other]) == [0.3]  # a new batch: the endpoint is tried again
+    # A refused request (4xx) is a config error: it raises even when counting.
+    endpoint.default = ("status", 403)
+    with pytest.raises(JudgeError, match="rejected the request: HTTP 403"):
+        judge.score([JudgeRequest("task", "q", "a", "b")])
+
+
+@pytest.mark.timeout(30)
+def test_http_count_policy_on_a_closed_port_is_bounded():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = http_judge(f"http://127.0.0.1:{port}/v1", on_failure="count", max_retries=1)
+    start = time.monotonic()
+    assert judge.score([TASK, JudgeRequest("task", "q", "a", "b")]) == [None, None]
+    assert time.monotonic() - start < 5
+    assert judge.stats["failures"] == 2
 
 
 @pytest.mark.timeout(30)
@@ -396,17 +439,77 @@ def test_make_judge():
         5.0,
         3,
     )
-    # One config block may carry every judge's settings; each kind takes its own.
+    # One config block carries every judge's settings; each kind takes its own.
     assert isinstance(make_judge({"kind": "rule", "base_url": "x", "timeout": 1}), RuleJudge)
     assert isinstance(make_judge("local", generate=lambda p: ["1"] * len(p)), LocalJudge)
+    assert make_judge(JudgeConfig("http", base_url="u", model="m", on_failure="count")).on_failure
     with pytest.raises(JudgeError, match="unknown judge 'gpt'"):
         make_judge("gpt")
-    with pytest.raises(JudgeError, match=r"unknown judge settings \['timout'\]"):
+    with pytest.raises(JudgeError, match=r"unknown setting\(s\) \['timout'\]"):
         make_judge({"kind": "http", "base_url": "u", "model": "m", "timout": 3})
-    with pytest.raises(JudgeError, match="needs generate"):
+    with pytest.raises(JudgeError, match=r"needs judge\.checkpoint"):
         make_judge("local")
     with pytest.raises(JudgeError, match="base_url"):
         make_judge("http")
+    with pytest.raises(JudgeError, match="on_failure"):
+        make_judge({"kind": "rule", "on_failure": "ignore"})
+    with pytest.raises(JudgeError, match="concurrency"):
+        JudgeConfig(concurrency=0)
+
+
+def test_judge_config_defaults_cover_every_setting():
+    """JudgeConfig is the block's single source: every field has a default and the block
+    round-trips it, so a config generated from it is complete."""
+    default = JudgeConfig()
+    assert default.kind == "rule" and default.on_failure == "raise"
+    assert build(JudgeConfig, dataclasses.asdict(default)) == default
+    assert build(JudgeConfig, block(JudgeConfig)) == default
+
+
+# ---------------------------------------------------------------------------------------------
+# The local judge: its own frozen checkpoint, never the policy.
+
+
+@pytest.fixture(scope="module")
+def tiny_judge_checkpoint(tmp_path_factory):
+    from conftest import save_tiny_hf
+
+    out = tmp_path_factory.mktemp("judge_ckpt")
+    save_tiny_hf("qwen3", out)
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_local_judge_loads_its_own_frozen_checkpoint(tiny_judge_checkpoint):
+    """kind=local decodes with a model loaded from judge.checkpoint: a random tiny model's
+    replies hold no score, so each comes back as a counted failure (None), never as 0."""
+    judge = make_judge({"kind": "local", "checkpoint": str(tiny_judge_checkpoint),
+                        "max_tokens": 4, "concurrency": 2})  # fmt: skip
+    assert isinstance(judge, LocalJudge)
+    reqs = [TASK, JudgeRequest("task", "q", "a", "b"), JudgeRequest("task", "q", "a", "")]
+    scores = judge.score(reqs)
+    assert scores[2] == 0.0  # empty answer: no model call
+    assert judge.stats["replies"] == 2
+    for s in scores[:2]:
+        assert s is None or 0.0 <= s <= 1.0
+    assert judge.stats["failures"] == sum(s is None for s in scores[:2])
+    # Same inputs, same scores: a frozen model decoded greedily.
+    assert (
+        make_judge(
+            {"kind": "local", "checkpoint": str(tiny_judge_checkpoint), "max_tokens": 4}
+        ).score(reqs)
+        == scores
+    )
+
+
+def test_local_judge_bad_checkpoint_is_one_clear_error(tmp_path):
+    with pytest.raises(JudgeError, match=r"judge\.checkpoint .*cannot be loaded"):
+        make_judge({"kind": "local", "checkpoint": str(tmp_path / "nope")})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(JudgeError, match=r"judge\.checkpoint .*cannot be loaded"):
+        make_judge({"kind": "local", "checkpoint": str(broken)})
 
 
 def test_make_judge_from_config_dict():

@@ -204,3 +204,23 @@ def test_split_minibatches_partitions_rows():
     assert split_minibatches(rows, 1, np.random.default_rng(0))[0] == rows
     with pytest.raises(ValueError, match="cannot split"):
         split_minibatches(rows, 11)
+
+
+def test_sampler_logprobs_pack_beside_old_ones():
+    """μ's log-probs land where π_old's do; without them (default sampling) they equal π_old's,
+    which makes the importance weight exactly 1."""
+    default = StepRow([1, 2, 3], [4, 5], [-1.0, -2.0], 1.0)
+    tempered = StepRow([7, 8], [9, 10, 11], [-1.0, -2.0, -3.0], -1.0, [1, 0, 1], [-0.5, -9.0, -4.0])
+    packed = pack([default, tempered], merge_prefixes=False, min_row_len=8)
+    (mb,) = packed.micro_batches
+    np.testing.assert_array_equal(mb.sampler_logp * (mb.loss_ids == 0), 0.0)
+    old = packed.action_values([mb.old_logp])
+    smp = packed.action_values([mb.sampler_logp])
+    np.testing.assert_array_equal(smp[0], old[0])
+    np.testing.assert_array_equal(smp[1], [-0.5, 0.0, -4.0])  # masked token: 0, like old_logp
+    with pytest.raises(ValueError, match="2 sampler log-probs for 3"):
+        pack([StepRow([1], [2, 3, 4], [-1.0] * 3, 1.0, sampler_logprobs=[-1.0, -1.0])])
+    with pytest.raises(ValueError, match="without old log-probs"):
+        pack([StepRow([1], [2], None, 1.0, sampler_logprobs=[-1.0])])
+    with pytest.raises(ValueError, match="non-finite sampler"):
+        pack([StepRow([1], [2], [-1.0], 1.0, sampler_logprobs=[float("-inf")])])

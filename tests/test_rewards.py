@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -98,6 +99,7 @@ EXPECTED = {
         no_answer=0.0,
         rounds_penalty=0.0,
         overflow_penalty=0.0,
+        judge_failures=0,
     ),
     "B": dict(
         total=-5 / 54,
@@ -114,6 +116,7 @@ EXPECTED = {
         no_answer=0.0,
         rounds_penalty=0.0,
         overflow_penalty=-0.5,
+        judge_failures=0,
     ),
     "C": dict(
         total=-13 / 12,
@@ -130,6 +133,7 @@ EXPECTED = {
         no_answer=-1.0,
         rounds_penalty=-1.0,
         overflow_penalty=0.0,
+        judge_failures=0,
     ),
 }
 
@@ -271,3 +275,46 @@ def test_preservation_normalizes_dashes_ranges_and_slashes(query, kept):
     assert _kept(query, query) == 1.0
     assert _kept(query, kept) == 1.0
     assert _kept(query, "nothing of the sort") == 0.0
+
+
+class ScriptedJudge(Judge):
+    """Returns the given scores in order (None = a failed judgment), like an LLM judge would."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.queue = list(scores)
+
+    def score(self, requests):
+        out, self.queue = self.queue[: len(requests)], self.queue[len(requests) :]
+        return out
+
+
+def test_failed_judge_scores_are_counted_never_zero():
+    # EPISODE_A's requests: task, storage x2, relevance. Its judge-free parts: compression 3/4,
+    # preventive 1, preservation 1 -> context 11/12; maintenance 0.
+    # One storage entry failed: R_storage is over the judged one (0.9 >= 0.5) -> 1, not 1/2.
+    (r,) = compute_rewards([EPISODE_A], ScriptedJudge([1.0, None, 0.9, 1.0]))
+    assert r.judge_failures == 1
+    assert r.storage == 1.0
+    assert r.total == pytest.approx((1 + 11 / 12 + 2 / 3) / 3, abs=EXACT)
+
+    # The task score failed: R_task is unknown, and so is the total (no silent 0 or -1).
+    (r,) = compute_rewards([EPISODE_A], ScriptedJudge([None, 1.0, 1.0, 1.0]))
+    assert r.judge_failures == 1 and math.isnan(r.task) and math.isnan(r.total)
+    assert r.memory == pytest.approx(2 / 3, abs=EXACT)  # the memory part is still known
+
+    # Every storage entry and the relevance failed: R_storage, R_relevance, R_memory unknown.
+    (r,) = compute_rewards([EPISODE_A], ScriptedJudge([0.5, None, None, None]))
+    assert r.judge_failures == 3
+    assert math.isnan(r.storage) and math.isnan(r.relevance) and math.isnan(r.memory)
+    assert math.isnan(r.total) and r.task == 0.5
+
+    # A part the config weighs 0 cannot make the total unknown (answer-only ablation).
+    (r,) = compute_rewards(
+        [EPISODE_A], ScriptedJudge([0.5, None, None, None]), RewardConfig.answer_only()
+    )
+    assert r.total == pytest.approx(0.5 / 3, abs=EXACT) and r.judge_failures == 3
+
+    # Failures are per episode in a shared batch.
+    a, b = compute_rewards([EPISODE_A, EPISODE_A], ScriptedJudge([1, 1, 1, 1, 1, None, 1, 1]))
+    assert (a.judge_failures, b.judge_failures) == (0, 1) and b.storage == 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -237,3 +239,71 @@ def test_config_accepts_mappings_and_rejects_typos():
         LossConfig(kl_estimator="k4")
     with pytest.raises(ValueError, match="aggregation"):
         LossConfig(aggregation="sum")
+
+
+# ---------------------------------------------------------------- sampler correction (TIS)
+def test_tis_weight_is_exactly_one_when_the_sampler_is_pi_old():
+    """Default sampling packs μ = π_old: loss, gradient and stats are bit-identical to the loss
+    without any correction."""
+    rng = np.random.default_rng(8)
+    logp, mask, seg = _random_packed(rng, rows=3)
+    logp = logp - 3.0
+    old = logp + rng.normal(0, 0.3, logp.shape).astype(np.float32)
+    ref = logp + rng.normal(0, 0.3, logp.shape).astype(np.float32)
+    adv = rng.normal(size=logp.shape).astype(np.float32)
+    cfg = LossConfig()
+
+    def loss(lp, sampler):
+        num, den, stats = rl_loss.grpo_loss(lp, old, ref, adv, mask, seg, cfg, sampler_logp=sampler)
+        return num / den, stats
+
+    (plain, s0), g0 = jax.value_and_grad(loss, has_aux=True)(logp, None)
+    (tis, s1), g1 = jax.value_and_grad(loss, has_aux=True)(logp, old)
+    assert np.asarray(plain).tobytes() == np.asarray(tis).tobytes()
+    assert np.asarray(g0).tobytes() == np.asarray(g1).tobytes()
+    m = rl_loss.finalize_stats(s1)
+    assert m["is_weight_mean"] == 1.0 and m["is_truncated_fraction"] == 0.0
+    assert float(s0["pg_loss_sum"]) == float(s1["pg_loss_sum"])
+
+
+def test_tis_hand_computed_with_truncation():
+    """π_old = (.5, .2, .3), μ = (.5, .05, .6) on three tokens: raw weights (1, 4, 1/2), the cap
+    C = 2 truncates the second. At π_θ = π_old every ratio is 1 and the surrogate is −w·A."""
+    old = jnp.log(jnp.array([[0.5, 0.2, 0.3]]))
+    mu = jnp.log(jnp.array([[0.5, 0.05, 0.6]]))
+    adv = jnp.array([[1.0, -2.0, 0.5]])
+    mask = jnp.ones((1, 3))
+    cfg = LossConfig(aggregation="token_mean", kl_beta=0.0, tis_cap=2.0)
+
+    def loss(lp):
+        num, den, stats = rl_loss.grpo_loss(lp, old, None, adv, mask, None, cfg, sampler_logp=mu)
+        return num / den, stats
+
+    (value, stats), grad = jax.value_and_grad(loss, has_aux=True)(old)
+    w = np.array([1.0, 2.0, 0.5])
+    assert float(value) == pytest.approx(float(np.mean(-w * np.array([1.0, -2.0, 0.5]))), 1e-6)
+    # d(−w·ρ·A)/d log π_θ = −w·A·ρ, ρ = 1, divided by the 3 tokens.
+    np.testing.assert_allclose(grad, (-w * np.array([1.0, -2.0, 0.5]) / 3)[None], rtol=1e-6)
+    m = rl_loss.finalize_stats(stats)
+    assert m["is_weight_mean"] == pytest.approx(3.5 / 3, rel=1e-6)
+    assert m["is_truncated_fraction"] == pytest.approx(1 / 3)
+    # A larger cap lets the weight 4 through.
+    big = dataclasses.replace(cfg, tis_cap=10.0)
+    num, den, _ = rl_loss.grpo_loss(old, old, None, adv, mask, None, big, sampler_logp=mu)
+    assert float(num / den) == pytest.approx((-1.0 + 8.0 - 0.25) / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="tis_cap"):
+        LossConfig(tis_cap=0.5)
+
+
+def test_unknown_rewards_get_zero_advantage_and_leave_the_group_stats():
+    nan = float("nan")
+    r = np.array([[1.0, nan, 0.0, 2.0], [nan, nan, nan, 5.0], [0.0, 1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match="NaN"):
+        rl_loss.group_advantages(r)
+    got = rl_loss.group_advantages(r, eps=0.0, unknown="zero")
+    # Group 0 over {1, 0, 2}: mean 1, sample std 1.
+    np.testing.assert_allclose(got[0], [0.0, 0.0, -1.0, 1.0], atol=1e-7)
+    assert np.all(got[1] == 0)  # one known reward: nothing to compare it with
+    np.testing.assert_array_equal(got[2], rl_loss.group_advantages(r[2:], eps=0.0)[0])
+    with pytest.raises(ValueError, match="unknown"):
+        rl_loss.group_advantages(r, unknown="drop")

@@ -17,6 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
+from agemem_jax import rl_loss
 from agemem_jax.dataclass_config import build
 from agemem_jax.models.qwen.model import Decoder, ModelConfig
 from agemem_jax.optim import OptimConfig, make_optimizer
@@ -124,6 +125,33 @@ def test_micro_batch_accumulation_equals_one_big_batch():
     assert float(m_many["loss"]) == pytest.approx(float(m_one["loss"]), rel=1e-5)
     for a, b in zip(jax.tree.leaves(many.params), jax.tree.leaves(one.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_default_sampling_update_is_bit_identical_to_the_uncorrected_loss(monkeypatch):
+    """Rows without sampler log-probs (μ = π_old) give exactly the loss and gradients of a
+    trainer whose loss has no importance weight at all; tempered rows are reweighted."""
+    rows = random_rows(8, seed=4)
+    packed = pack(rows, min_row_len=64)
+    g_tis, loss_tis = Trainer(tiny_model()).gradients(packed)
+    metrics = Trainer(tiny_model()).step(rows)
+    assert metrics["is_weight_mean"] == 1.0 and metrics["is_truncated_fraction"] == 0.0
+
+    plain = rl_loss.grpo_loss
+    monkeypatch.setattr(rl_loss, "grpo_loss", lambda *a, sampler_logp=None, **k: plain(*a, **k))
+    g_plain, loss_plain = Trainer(tiny_model()).gradients(packed)
+    monkeypatch.undo()
+    assert loss_tis == loss_plain
+    for a, b in zip(jax.tree.leaves(g_tis), jax.tree.leaves(g_plain), strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+    # μ twice as likely as π_old on every token: weight 1/2, nothing truncated.
+    tempered = [
+        dataclasses.replace(r, sampler_logprobs=[lp + np.log(2.0) for lp in r.old_logprobs])
+        for r in rows
+    ]
+    m = Trainer(tiny_model()).step(tempered)
+    assert m["is_weight_mean"] == pytest.approx(0.5, rel=1e-5)
+    assert m["is_truncated_fraction"] == 0.0
 
 
 @pytest.mark.parametrize(
