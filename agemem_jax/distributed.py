@@ -10,6 +10,7 @@ variables below name it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import jax
 from absl import logging
@@ -20,7 +21,7 @@ NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
 PROCESS_ID_ENV = "JAX_PROCESS_ID"
 
 
-def wants_multihost(env: dict[str, str] | None = None) -> bool:
+def wants_multihost(env: Mapping[str, str] | None = None) -> bool:
     """True when the environment describes one process of a multi-process job."""
     env = os.environ if env is None else env
     if env.get(COORDINATOR_ENV):
@@ -41,14 +42,15 @@ def initialize(multihost: bool | None = None, cpu_collectives: str = "gloo") -> 
         return
     if jax.distributed.is_initialized():
         return
-    kwargs = {}
+    # None (jax's defaults) lets JAX auto-detect the cluster.
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
     if os.environ.get(COORDINATOR_ENV):
         try:
-            kwargs = dict(
-                coordinator_address=os.environ[COORDINATOR_ENV],
-                num_processes=int(os.environ[NUM_PROCESSES_ENV]),
-                process_id=int(os.environ[PROCESS_ID_ENV]),
-            )
+            coordinator_address = os.environ[COORDINATOR_ENV]
+            num_processes = int(os.environ[NUM_PROCESSES_ENV])
+            process_id = int(os.environ[PROCESS_ID_ENV])
         except (KeyError, ValueError) as e:
             raise ValueError(
                 f"{COORDINATOR_ENV} is set, so {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV} must be "
@@ -57,7 +59,11 @@ def initialize(multihost: bool | None = None, cpu_collectives: str = "gloo") -> 
     if cpu_collectives:
         # Only the CPU backend reads this; it must be set before any backend starts.
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
     logging.info(
         "process %d/%d: %d local of %d global devices",
         jax.process_index(),

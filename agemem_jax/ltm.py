@@ -194,7 +194,8 @@ class VectorTable:
             mask[rows] = True
             bitmap = np.packbits(mask, bitorder="little")
             selector = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bitmap))
-            params = faiss.SearchParameters(sel=selector)
+            # faiss's Python layer replaces SWIG's no-argument __init__ with one taking fields.
+            params = faiss.SearchParameters(sel=selector)  # pyright: ignore[reportCallIssue]
         kk = min(m, k + 32)
         while True:
             dist, idx = self._index.search(q[None], kk, params=params)
@@ -327,7 +328,7 @@ class LongTermMemory:
         if embedding is None:
             if not isinstance(text, str):
                 raise LTMError("give a text or an embedding")
-            embedding = self.encoder.encode([text])[0]
+            return _unit(self.encoder.encode([text])[0], self.dim)
         return _unit(embedding, self.dim)
 
     # -- writing ------------------------------------------------------------------------------
@@ -369,13 +370,13 @@ class LongTermMemory:
         if self.max_entries is not None and len(self) >= self.max_entries:
             raise StoreFull(f"long-term memory is full ({self.max_entries} entries)")
         vec = self._embed(content, embedding)
-        metadata = _json_copy(dict(metadata or {}), "metadata")
+        meta: dict[str, Any] = _json_copy(dict(metadata or {}), "metadata")
         self._own()
         now = float(self.clock())
         entry = MemoryEntry(
             self._new_id(),
             str(content),
-            metadata,
+            meta,
             str(memory_type or self.default_memory_type),
             now,
             now,

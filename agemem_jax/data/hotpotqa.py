@@ -26,6 +26,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 REQUIRED = ("_id", "question", "answer", "supporting_facts", "context")
 
@@ -147,7 +148,8 @@ def load_hotpotqa(
         ds = datasets.load_dataset("hotpotqa/hotpot_qa", "distractor", split=split)
         if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))
-        rows = [from_hub_layout(r) for r in ds]
+        # Dataset.__iter__ is unannotated; with no format set, its rows are dicts.
+        rows = [from_hub_layout(cast(Mapping, r)) for r in ds]
     except Exception as e:  # no package, no network, offline mode, unknown split, ...
         raise DataError(
             "no HotpotQA path given and the hub dataset hotpotqa/hotpot_qa (distractor) could "

@@ -35,11 +35,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 import numpy as np
 
 from agemem_jax.envs.base import DEFAULT_MAX_STEPS, InvalidAction, TextEnv
+
+if TYPE_CHECKING:  # optional dependencies, imported lazily at run time
+    import textworld
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
 
 TASK_TYPES = (
     "pick_and_place_simple",
@@ -389,7 +393,15 @@ class _Planner:
             return list(cls._env.reset()["extra.walkthrough"] or [])
 
 
-def _tw_env(gym: bool, walkthrough: bool = False):
+@overload
+def _tw_env(gym: Literal[False], walkthrough: bool = False) -> AlfredDemangler: ...
+@overload
+def _tw_env(
+    gym: Literal[True], walkthrough: bool = False
+) -> tuple[textworld.EnvInfos, list[AlfredDemangler]]: ...
+def _tw_env(
+    gym: bool, walkthrough: bool = False
+) -> AlfredDemangler | tuple[textworld.EnvInfos, list[AlfredDemangler]]:
     """A TextWorld PDDL environment with ALFWorld's demangler (no name shuffling)."""
     try:
         import textworld
@@ -544,7 +556,11 @@ class _GymPool:
             infos, wrappers = _tw_env(gym=True)
             # No step limit inside TextWorld: TextEnv counts steps (invalid ones included).
             env_id = textworld.gym.register_games(
-                [os.fspath(game_file)], infos, max_episode_steps=None, wrappers=wrappers
+                [os.fspath(game_file)],
+                infos,
+                # Annotated int, but TextWorld's envs take None as "no limit".
+                max_episode_steps=None,  # pyright: ignore[reportArgumentType]
+                wrappers=wrappers,
             )
             env = textworld.gym.make(env_id)
         return env
@@ -638,6 +654,8 @@ class AlfWorldEnv(TextEnv):
         command = self._resolve(action)
         if command is None:
             raise InvalidAction(INVALID)
+        if self._gym is None:
+            raise RuntimeError("the environment was closed; call reset() to play again")
         obs, _, _, infos = self._gym.step(command)
         self._read(infos)
         self._played.append(command)

@@ -38,6 +38,8 @@ import gymnasium
 import minigrid  # noqa: F401  (registers the BabyAI levels with gymnasium)
 import numpy as np
 from minigrid.core.constants import DIR_TO_VEC
+from minigrid.core.world_object import Door
+from minigrid.envs.babyai.core.roomgrid_level import RoomGridLevel
 from minigrid.envs.babyai.core.verifier import (
     GoToInstr,
     OpenInstr,
@@ -146,16 +148,22 @@ class BabyAIEnv(TextEnv):
         super().__init__(max_steps)
         if not level.startswith("BabyAI-"):
             raise ValueError(f"not a BabyAI level: {level!r}")
-        kwargs = {} if primitive_step_limit is None else {"max_steps": int(primitive_step_limit)}
+        kwargs: dict[str, Any] = (
+            {} if primitive_step_limit is None else {"max_steps": int(primitive_step_limit)}
+        )
         try:
             self._gym_env = gymnasium.make(level, **kwargs)
         except gymnasium.error.Error as e:
             raise ValueError(f"unknown BabyAI level {level!r}: {e}") from None
-        self.env = self._gym_env.unwrapped  # gymnasium 1.x: attributes live on the base env
+        # gymnasium 1.x: attributes live on the base env, typed there as a plain gymnasium.Env.
+        env = self._gym_env.unwrapped
+        if not isinstance(env, RoomGridLevel):
+            raise ValueError(f"not a BabyAI level: {level!r} makes a {type(env).__name__}")
+        self.env = env
         self.level, self.seed = level, int(seed)
         self.name = name or f"{level}/seed{seed}"
         self._success = self._ended = False
-        self._bot: BabyAIBot | None = None
+        self._bot: _BoundedBot | None = None
 
     # ----- episode -----
     def _reset(self) -> str:
@@ -166,9 +174,9 @@ class BabyAIEnv(TextEnv):
         self._success = self._ended = False
         self._bot, self._bot_next = None, None
         self.oracle_restarts = 0
-        self._subgoals = [
-            (leaf, i) for leaf in _leaves(self.env.instrs) for i in range(_num_subgoals(leaf))
-        ]
+        # Each level's gen_mission sets `instrs`; RoomGridLevel never declares it.
+        instrs = self.env.instrs  # pyright: ignore[reportAttributeAccessIssue]
+        self._subgoals = [(leaf, i) for leaf in _leaves(instrs) for i in range(_num_subgoals(leaf))]
         self._achieved: set[int] = set()
         self._update_after_primitive()
         return self.describe()
@@ -283,7 +291,8 @@ class BabyAIEnv(TextEnv):
     def _search(self) -> dict[State, tuple[State, int, int] | None]:
         """Breadth-first search over (x, y, heading) from the agent: state -> (parent, action,
         number of primitive actions), None for the start."""
-        start = (*map(int, self.env.agent_pos), int(self.env.agent_dir))
+        ax, ay = self.env.agent_pos
+        start: State = (int(ax), int(ay), int(self.env.agent_dir))
         tree: dict[State, tuple[State, int, int] | None] = {start: None}
         queue = deque([(start, 0)])
         while queue:
@@ -324,6 +333,7 @@ class BabyAIEnv(TextEnv):
             if obj.type != "door":
                 return f"You cannot go through the {obj.name}, as it is not a door."
             door = self.env.grid.get(*obj.pos)
+            assert isinstance(door, Door)  # `obj` was seen as a door in this very grid
             if not door.is_open:
                 return f"You cannot go through the {obj.name}, as it is closed. Toggle it first."
             x, y = obj.pos
@@ -452,7 +462,7 @@ class BabyAIEnv(TextEnv):
             if front is None or front.type not in ("door", "box"):
                 raise InvalidAction("There is nothing to toggle in front of you.")
             if (
-                front.type == "door"
+                isinstance(front, Door)
                 and front.is_locked
                 and not (
                     carrying is not None
@@ -465,14 +475,16 @@ class BabyAIEnv(TextEnv):
                 )
 
     def _event(self, prim: int) -> str:
-        front = self.env.grid.get(*self.env.front_pos)
-        if prim == TOGGLE and front.type == "door":
+        front, carrying = self.env.grid.get(*self.env.front_pos), self.env.carrying
+        if prim == TOGGLE and isinstance(front, Door):
             verb = "close" if front.is_open else "unlock and open" if front.is_locked else "open"
             return f"You {verb} the {front.color} door."
         if prim == TOGGLE:
+            assert front is not None  # _check_primitive: a door or a box is in front
             return f"You open the {front.color} box."
         if prim == DROP:
-            return f"You drop the {self.env.carrying.color} {self.env.carrying.type}."
+            assert carrying is not None  # _check_primitive: the agent carries something
+            return f"You drop the {carrying.color} {carrying.type}."
         return {LEFT: "You turn left.", RIGHT: "You turn right.", FORWARD: "You move forward."}[
             prim
         ]
@@ -486,7 +498,7 @@ class BabyAIEnv(TextEnv):
             if self._success or self._ended:
                 return
             _, reward, terminated, truncated, _ = self.env.step(prim)
-            self._success = bool(terminated and reward > 0)
+            self._success = bool(terminated and float(reward) > 0)
             self._ended = bool(terminated or truncated)
             self._update_after_primitive()
             if self._bot is not None:
@@ -541,7 +553,9 @@ class BabyAIEnv(TextEnv):
 
     def _bot_lookahead(self, horizon: int = 64) -> list[int]:
         """The bot's next primitives, up to and including its next pick up/drop/toggle."""
-        env, bot = copy.deepcopy((self.env, self._bot))
+        if self._bot is None or self._bot_next is None:
+            raise RuntimeError("no bot plan to look ahead on: oracle_action() makes one")
+        env, bot = copy.deepcopy((self.env, self._bot))  # together: the bot refers to the env
         action, planned = self._bot_next, []
         for _ in range(horizon):
             planned.append(int(action))
@@ -580,9 +594,11 @@ class _BoundedBot(BabyAIBot):
 
     max_searches_per_replan = 500
 
-    def replan(self, action_taken=None):
+    def replan(self, action_taken: int | None = None) -> int:
         self._searches = 0
-        return super().replan(action_taken)
+        action = super().replan(action_taken)
+        assert action is not None  # minigrid's replan falls back on `done`, never None
+        return action
 
     def _shortest_path(self, *args, **kwargs):
         self._searches = getattr(self, "_searches", 0) + 1

@@ -69,6 +69,11 @@ class TextEnv(abc.ABC):
         self._started = False
 
     # ----- what a benchmark implements -----
+    @classmethod
+    def tasks(cls, **kwargs: Any) -> list[dict[str, Any]]:
+        """The constructor kwargs of each task of the benchmark's task list (see `envs.tasks`)."""
+        raise NotImplementedError(f"{cls.__name__} has no task list")
+
     @abc.abstractmethod
     def _reset(self) -> str:
         """Start the task from scratch; return the first observation."""
@@ -145,7 +150,10 @@ class TextEnv(abc.ABC):
 
     def valid_actions_message(self) -> str:
         """The answer to "check valid actions" (a benchmark with thousands may summarize)."""
-        return "Valid actions are: " + ", ".join(self.admissible_actions()) + "."
+        actions = self.admissible_actions()
+        if actions is None:
+            raise NotImplementedError(f"{type(self).__name__} does not list its valid actions")
+        return "Valid actions are: " + ", ".join(actions) + "."
 
     @property
     def metric_value(self) -> float:

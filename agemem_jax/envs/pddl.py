@@ -24,12 +24,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pyperplan import grounding
 from pyperplan.heuristics.landmarks import LandmarkHeuristic
 from pyperplan.heuristics.relaxation import hAddHeuristic
 from pyperplan.pddl.parser import Parser
+from pyperplan.pddl.pddl import Domain, Problem
 from pyperplan.search import astar_search, greedy_best_first_search
 from pyperplan.task import Operator, Task
 
@@ -235,14 +236,17 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pddl"
 
 
-def _parse(domain_pddl: str, problem_pddl: str):
+def _parse(domain_pddl: str, problem_pddl: str) -> tuple[Domain, Problem]:
     parser = Parser(None)
     parser.domInput, parser.probInput = domain_pddl, problem_pddl
     try:
         domain = parser.parse_domain(read_from_file=False)
-        return domain, parser.parse_problem(domain, read_from_file=False)
+        problem = parser.parse_problem(domain, read_from_file=False)
     except Exception as e:  # pyperplan raises ParseError, ValueError, KeyError, IndexError…
         raise ValueError(f"cannot parse PDDL: {type(e).__name__}: {e}") from None
+    # pyperplan's tree visitors start from None and set their result while traversing the AST.
+    assert domain is not None and problem is not None
+    return domain, problem
 
 
 def _statics(domain) -> set[str]:
@@ -300,6 +304,12 @@ def plan(task: Task, planners: Sequence[tuple[Any, type, int]] = PLANNERS) -> li
     raise PlanningFailed(f"no plan found for {task.name} within the search budgets")
 
 
+def _operators(task: Task) -> list[Operator]:
+    """A grounded task's operators (pyperplan's inferred list[Operator | None]: grounding
+    filters out the Nones)."""
+    return cast(list[Operator], task.operators)
+
+
 @functools.lru_cache(maxsize=256)
 def _ground(domain_pddl: str, problem_pddl: str):
     """(full task, pruned planning task, static predicate names, objects) for a problem."""
@@ -315,8 +325,8 @@ def _ground(domain_pddl: str, problem_pddl: str):
     finally:
         logging.disable(previous)
     # Sorted operators make search order, hence plans, independent of string hashing.
-    full.operators.sort(key=lambda o: o.name)
-    pruned.operators.sort(key=lambda o: o.name)
+    _operators(full).sort(key=lambda o: o.name)
+    _operators(pruned).sort(key=lambda o: o.name)
     return full, pruned, frozenset(_statics(domain)), tuple(sorted(problem.objects))
 
 
@@ -367,7 +377,7 @@ class PddlEnv(TextEnv):
         self._problem_pddl = problem_pddl
         full, self._plan_task, statics, self.objects = _ground(self._domain_pddl, problem_pddl)
         self.goals = full.goals
-        self.operators = full.operators
+        self.operators = _operators(full)
         self._static_atoms = frozenset(a for a in full.initial_state if _split(a)[0] in statics)
         self._initial_state = full.initial_state
         self._by_key: dict[str, Operator] = {}
@@ -444,7 +454,7 @@ class PddlEnv(TextEnv):
 
     def _plan_from(self, state: frozenset[str]) -> list[str]:
         if state == self._initial_state and self.planners == PLANNERS:
-            names = list(_initial_plan(self._domain_pddl, self._problem_pddl))
+            names: list[str] = list(_initial_plan(self._domain_pddl, self._problem_pddl))
         else:
             t = self._plan_task
             names = [

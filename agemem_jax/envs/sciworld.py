@@ -147,8 +147,14 @@ class SciWorldEnv(TextEnv):
             POOL.release(self._sim)
             self._sim = None
 
+    def _live_sim(self) -> ScienceWorldEnv:
+        """The simulator this episode holds (between `reset()` and `close()`)."""
+        if self._sim is None:
+            raise RuntimeError("no simulator: call reset() first (again after close())")
+        return self._sim
+
     def _templates(self) -> list[str]:
-        return [t for t in self._sim.get_possible_actions() if t != "reset task"]
+        return [t for t in self._live_sim().get_possible_actions() if t != "reset task"]
 
     @property
     def task(self) -> str:
@@ -159,7 +165,8 @@ class SciWorldEnv(TextEnv):
         )
 
     def admissible_actions(self) -> list[str]:
-        return [a for a in self._sim.get_valid_action_object_combinations() if a != "reset task"]
+        combinations = self._live_sim().get_valid_action_object_combinations()
+        return [a for a in combinations if a != "reset task"]
 
     def valid_actions_message(self) -> str:
         # The full combination list runs to hundreds or thousands; templates stay readable.
@@ -168,7 +175,9 @@ class SciWorldEnv(TextEnv):
     def _act(self, action: str) -> str:
         if action == "reset task":  # would restart the episode behind the step counter
             raise InvalidAction(NO_MATCH)
-        server = self._sim.server  # the package's step() also builds a large info dict
+        # The package's step() also builds a large info dict. `server` is a py4j proxy of the
+        # JVM's PythonInterface, whose methods py4j's types cannot describe.
+        server: Any = self._live_sim().server
         observation = server.step(action)
         if observation.startswith("Ambiguous request"):
             observation = server.step("0")

@@ -292,6 +292,8 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if tables is None:
+            if positions is None:
+                raise ValueError("give either the rope `tables` or the `positions`")
             return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
         return apply_rope(q, *tables), apply_rope(k, *tables), v
 
@@ -428,7 +430,7 @@ class Decoder(nnx.Module):
             )
 
     # ----------------------------------------------------------------- layers
-    def _run_layers(self, x: Array, fn, carry_extra=None, per_layer=None):
+    def _run_layers(self, x: Array, fn, carry_extra=None, per_layer=None) -> tuple[Array, Any]:
         """Apply `fn(block, x, extra, layer_inputs) -> (x, layer_outputs)` over all layers.
 
         Scanned layers go through `lax.scan`, and `per_layer` (the KV cache) is a pytree with a
@@ -453,6 +455,7 @@ class Decoder(nnx.Module):
 
             return jax.lax.scan(scan_fn, x, (state, per_layer))
         outs = []
+        assert isinstance(self.layers, nnx.List)  # unscanned blocks are kept as a list
         for i, block in enumerate(self.layers):
             x, out = body(block, x, None if per_layer is None else per_layer[i])
             outs.append(out)

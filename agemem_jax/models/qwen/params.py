@@ -47,7 +47,7 @@ def _layer_map(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[str, Fn, Fn]]:
     def bias(n):
         return (lambda b: b.reshape(n, hd)), (lambda p: p.reshape(n * hd))
 
-    m = {
+    m: dict[tuple[str, ...], tuple[str, Fn, Fn]] = {
         ("input_norm", "scale"): ("input_layernorm.weight", ident, ident),
         ("post_attn_norm", "scale"): ("post_attention_layernorm.weight", ident, ident),
         ("attn", "q_proj"): ("self_attn.q_proj.weight", *proj_in(h)),
@@ -95,7 +95,7 @@ def _entries(cfg: ModelConfig, path: tuple) -> list[tuple[str, Fn, Fn]]:
     return [(f"model.layers.{path[1]}.{name}", fwd, back)]
 
 
-def abstract_model(cfg: ModelConfig) -> nnx.Module:
+def abstract_model(cfg: ModelConfig) -> Decoder:
     return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
 
 
