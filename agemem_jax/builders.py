@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agemem_jax import summarizers
+from agemem_jax import methods, summarizers
 from agemem_jax.chat import ChatFormat
 from agemem_jax.data import load_records, make_tasks
 from agemem_jax.encoder import HashEncoder, default_encoder
@@ -53,8 +53,11 @@ def env_factory(
     memory_cfg: Mapping,
     encoder_name: str,
     summarizer: Callable | None,
+    method: str = "agemem",
 ) -> Callable[[], MemoryEnv]:
-    cfg = MemoryEnvConfig.from_any(as_dict(memory_cfg))
+    d = as_dict(memory_cfg)
+    d["enabled_tools"] = methods.method_spec(method).tools_within(d.get("enabled_tools"))
+    cfg = MemoryEnvConfig.from_any(d)
     enc = encoder(encoder_name)
     return functools.partial(MemoryEnv, chat, encoder=enc, summarizer=summarizer, config=cfg)
 
@@ -71,14 +74,17 @@ def summarizer(name: str, complete: Callable | None = None) -> Callable:
 
 
 def runner(chat: ChatFormat, config, summarize: Callable | None) -> EpisodeRunner:
-    make_env = env_factory(chat, config.memory, config.encoder, summarize)
-    return EpisodeRunner(make_env, as_dict(config.episode), stop_id=chat.im_end)
+    method = config.get("method", "agemem")
+    make_env = env_factory(chat, config.memory, config.encoder, summarize, method)
+    return EpisodeRunner(make_env, as_dict(config.episode), stop_id=chat.im_end, method=method)
 
 
 def text_policy(name: str, config) -> Policy:
     if name == "scripted":
+        spec = methods.method_spec(config.get("method", "agemem"))
         return ScriptedPolicy(
-            top_k=config.memory.top_k, enabled_tools=tuple(config.memory.enabled_tools)
+            top_k=config.memory.top_k,
+            enabled_tools=spec.tools_within(tuple(config.memory.enabled_tools)),
         )
     if name == "random":
         return RandomPolicy(seed=config.seed)

@@ -34,6 +34,7 @@ def base_config() -> mlc.ConfigDict:
     c.seed = 0
     c.multihost = mlc.FieldReference(None, field_type=bool)  # None: follow the environment
     c.policy = "scripted"  # model | scripted | random (| oracle on interactive benchmarks)
+    c.method = "agemem"  # agemem | agemem_rag | agemem_lt | no_memory | rag (methods.py)
     c.bench = "hotpotqa"  # hotpotqa | alfworld | sciworld | babyai | pddl
     c.env = mlc.ConfigDict()  # the benchmark's task-list settings (envs.tasks(bench, **env))
 

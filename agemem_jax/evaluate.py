@@ -16,7 +16,7 @@ from typing import Any
 from absl import logging
 from tqdm import tqdm
 
-from agemem_jax import builders
+from agemem_jax import builders, methods
 from agemem_jax.chat import ChatFormat
 from agemem_jax.episodes import Trajectory, score, summarize
 
@@ -42,6 +42,7 @@ def load_policy_stack(config):
 
 def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Dispatch on `config.bench`: three-stage HotpotQA episodes or an interactive benchmark."""
+    methods.method_spec(config.get("method", "agemem"))  # a bad name fails before any loading
     if config.get("bench", "hotpotqa") != "hotpotqa":
         return evaluate_env(config, workdir, progress)
     return evaluate_hotpotqa(config, workdir, progress)
@@ -76,12 +77,12 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
         )
     else:
         policy, chat, complete, _ = load_policy_stack(config)
-    make_memory = builders.env_factory(
-        chat, config.memory, config.encoder, builders.summarizer(config.summarizer, complete)
-    )
+    method = config.get("method", "agemem")
+    summarize_fn = builders.summarizer(config.summarizer, complete)
+    make_memory = builders.env_factory(chat, config.memory, config.encoder, summarize_fn, method)
     runner = EnvEpisodeRunner(
         config.bench, make_memory, max_tool_turns=config.episode.max_actions_per_turn,
-        max_steps=config.episode.max_env_steps, stop_id=chat.im_end,
+        max_steps=config.episode.max_env_steps, stop_id=chat.im_end, method=method,
     )  # fmt: skip
     specs = envs.tasks(config.bench, config.env)
     if config.data.limit:
@@ -98,6 +99,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
     bar.close()
     metrics = env_summarize(trajectories) | {
         "policy": policy.name,
+        "method": runner.method.name,
         "seconds": round(time.time() - t0, 2),
     }
     _write(out_dir, trajectories, metrics)
@@ -126,7 +128,11 @@ def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True)
         bar.set_postfix(J=f"{summarize(trajectories)['judge_score']:.3f}")
     bar.close()
     metrics = summarize(trajectories, judge.name)
-    metrics |= {"policy": policy.name, "seconds": round(time.time() - t0, 2)}
+    metrics |= {
+        "policy": policy.name,
+        "method": runner.method.name,
+        "seconds": round(time.time() - t0, 2),
+    }
     metrics["judge_stats"] = dict(judge.stats)
     _write(out_dir, trajectories, metrics)
     logging.info("eval %s: %s", policy.name, json.dumps(metrics))

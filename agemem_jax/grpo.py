@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from agemem_jax import builders, rl_loss
+from agemem_jax import builders, methods, rl_loss
 from agemem_jax.checkpointing import Checkpointer
 from agemem_jax.distributed import is_main
 from agemem_jax.episodes import EpisodeRunner, Trajectory, score, summarize
@@ -98,6 +98,7 @@ class Setup:
 
 
 def build(config) -> Setup:
+    methods.require_trainable(config.get("method", "agemem"))  # before loading a model
     model, tokenizer = builders.model(config.model, config.seed)
     trainer = Trainer(
         model,
@@ -210,8 +211,8 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     folder (`workdir/export`), which the RL config then loads as its checkpoint.
     """
     from agemem_jax.models import save_checkpoint
-    from agemem_jax.policies import ScriptedPolicy
 
+    methods.require_trainable(config.get("method", "agemem"))
     workdir = Path(workdir)
     model, tokenizer = builders.model(config.model, config.seed)
     from agemem_jax.chat import ChatFormat
@@ -219,9 +220,7 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     chat = ChatFormat(tokenizer)
     runner = builders.runner(chat, config, builders.summarizer("extractive"))
     tasks = builders.tasks(config.data, runner.cfg)
-    expert = ScriptedPolicy(
-        top_k=config.memory.top_k, enabled_tools=tuple(config.memory.enabled_tools)
-    )
+    expert = builders.text_policy("scripted", config)  # the method's tools only
     trajs = runner.run(tasks, expert)
     # Whole trajectories, rows in order, so the rows of a growing context pack as one chain.
     episodes = [[StepRow(st.prompt_ids, st.action_ids) for st in tr.steps] for tr in trajs]
