@@ -6,13 +6,14 @@ blocks, so a sweep or an ablation is a flag and never a code change.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
 import jax
 
+from agemem_jax import methods, summarizers
 from agemem_jax import sharding as shd
-from agemem_jax import summarizers
 from agemem_jax.chat import ChatFormat
 from agemem_jax.data import DataConfig, Task, load_records, make_tasks
 from agemem_jax.dataclass_config import build
@@ -20,7 +21,7 @@ from agemem_jax.encoder import HashEncoder, default_encoder
 from agemem_jax.episodes import EpisodeConfig, EpisodeRunner
 from agemem_jax.judges import Judge, JudgeConfig, make_judge
 from agemem_jax.memory_env import MemoryEnv, MemoryEnvConfig
-from agemem_jax.policies import Policy, RandomPolicy, ScriptedPolicy
+from agemem_jax.policies import LazyPolicy, Policy, RandomPolicy, ScriptedPolicy
 from agemem_jax.rewards import RewardConfig
 from agemem_jax.rollout import ModelStack
 from agemem_jax.sampler import SamplingConfig
@@ -55,8 +56,12 @@ def env_factory(
     memory_cfg,
     encoder_name: str,
     summarizer: Callable | None,
+    method: str,
 ) -> Callable[[], MemoryEnv]:
     cfg = build(MemoryEnvConfig, memory_cfg)
+    cfg = dataclasses.replace(
+        cfg, enabled_tools=methods.method_spec(method).tools_within(cfg.enabled_tools)
+    )
     enc = encoder(encoder_name)
     return functools.partial(MemoryEnv, chat, encoder=enc, summarizer=summarizer, config=cfg)
 
@@ -73,18 +78,24 @@ def summarizer(name: str, complete: Callable | None = None) -> Callable:
 
 
 def runner(chat: ChatFormat, config, summarize: Callable | None) -> EpisodeRunner:
-    make_env = env_factory(chat, config.memory, config.encoder, summarize)
-    return EpisodeRunner(make_env, build(EpisodeConfig, config.episode), stop_id=chat.im_end)
+    make_env = env_factory(chat, config.memory, config.encoder, summarize, config.method)
+    return EpisodeRunner(
+        make_env, build(EpisodeConfig, config.episode), stop_id=chat.im_end, method=config.method
+    )
 
 
 def text_policy(name: str, config) -> Policy:
     if name == "scripted":
+        spec = methods.method_spec(config.method)
         return ScriptedPolicy(
-            top_k=config.memory.top_k, enabled_tools=tuple(config.memory.enabled_tools)
+            top_k=config.memory.top_k,
+            enabled_tools=spec.tools_within(tuple(config.memory.enabled_tools)),
         )
+    if name == "lazy":
+        return LazyPolicy()
     if name == "random":
         return RandomPolicy(seed=config.seed)
-    raise ValueError(f"unknown policy {name!r}; choose 'model', 'scripted' or 'random'")
+    raise ValueError(f"unknown policy {name!r}; choose 'model', 'scripted', 'lazy' or 'random'")
 
 
 def reward_config(cfg) -> RewardConfig:

@@ -72,6 +72,7 @@ TOP_LEVEL_COMMENTS = {
     "seed": "the run's seed (model init, sampler, data order)",
     "multihost": "None: follow the environment (SLURM, TPU pod); True/False forces it",
     "policy": "model | scripted | random | lazy (| oracle on interactive benchmarks)",
+    "method": "agemem | agemem_rag | agemem_lt | no_memory | rag (agemem_jax.methods)",
     "bench": "hotpotqa | alfworld | sciworld | babyai | pddl",
     "env": "the benchmark's task-list settings (envs.tasks(bench, **env))",
     "encoder": "minilm (all-MiniLM-L6-v2, everywhere) | hash (unit tests only)",
@@ -85,6 +86,7 @@ def base_config() -> mlc.ConfigDict:
     c.seed = 0
     c.multihost = mlc.FieldReference(None, field_type=bool)
     c.policy = "scripted"
+    c.method = "agemem"
     c.bench = "hotpotqa"
     c.env = mlc.ConfigDict()
     c.encoder = "minilm"

@@ -6,6 +6,7 @@ action, whose observation comes back as the next user message. Long-term memory 
 episode and the short-term context keeps its token budget, so Retrieve/Summary/Filter matter as
 episodes grow. At most `max_tool_turns` memory turns may precede an action **(ours)**; past that
 the environment gets an empty (invalid) action, so every episode ends within its step limit.
+The `method` (methods.py) sets the tools and how each observation enters the context.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from agemem_jax import envs as envs_lib
+from agemem_jax import methods
 from agemem_jax import tools as T
 from agemem_jax.episodes import FORMAT_ERROR_CODES, step_env
 from agemem_jax.memory_env import MemoryEnv
@@ -76,7 +78,8 @@ class EnvEpisodeRunner:
         max_tool_turns: int = 3,
         max_steps: int = envs_lib.DEFAULT_MAX_STEPS,
         stop_id: int | None = None,
-        instructions: str = ENV_INSTRUCTIONS,
+        instructions: str | None = None,
+        method: str | methods.MethodSpec = "agemem",
     ):
         if bench not in envs_lib.REGISTRY:
             raise ValueError(
@@ -91,7 +94,8 @@ class EnvEpisodeRunner:
         self.make_memory = make_memory
         self.max_tool_turns = max_tool_turns
         self.stop_id = stop_id
-        self.instructions = instructions
+        self.method = methods.method_spec(method)
+        self.instructions = instructions or self.method.env_instructions or ENV_INSTRUCTIONS
 
     def run(self, specs: Sequence[Mapping[str, Any]], policy, seed: int = 0) -> list[EnvTrajectory]:
         trajs = []
@@ -101,7 +105,7 @@ class EnvEpisodeRunner:
             mem = self.make_memory()
             mem.stage = "env"
             mem.reset_context(mem.system_prompt(f"{self.instructions}\n\nYour task: {env.task}"))
-            mem.add_message("user", first, protected=False)
+            methods.inject(mem, self.method, first)
             trajs.append(EnvTrajectory(self.bench, dict(spec), env.task, env, mem))
         if hasattr(policy, "begin"):
             policy.begin(len(trajs), seed)
@@ -139,7 +143,7 @@ class EnvEpisodeRunner:
                 return tool_turns
             env_action = ""  # too many memory turns in a row: the environment moves on
         step = t.env.step(env_action.strip())
-        t.memory.add_message("user", step.observation)
+        methods.inject(t.memory, self.method, step.observation)
         t.steps.append(self._record(view, action, result, codes, env_action, step.observation))
         return 0
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from agemem_jax import methods
 from agemem_jax import tools as T
 from agemem_jax.data import Task
 from agemem_jax.dataclass_config import build
@@ -267,7 +268,8 @@ class EpisodeRunner:
 
     `make_env()` returns a fresh `MemoryEnv` (empty store); the K rollouts of a task fork it, so
     they start from one snapshot. `encode_action(text)` turns a text-only action (scripted,
-    random) into ids, as the tokenizer would.
+    random) into ids, as the tokenizer would. `method` (methods.py) decides how injected
+    messages enter the context and whether stage 2 starts from a fresh one.
     """
 
     def __init__(
@@ -275,10 +277,12 @@ class EpisodeRunner:
         make_env: Callable[[], MemoryEnv],
         config: EpisodeConfig | Mapping | None = None,
         stop_id: int | None = None,
+        method: str | methods.MethodSpec = "agemem",
     ):
         self.make_env = make_env
         self.cfg = build(EpisodeConfig, config)
         self.stop_id = stop_id
+        self.method = methods.method_spec(method)
 
     # ------------------------------------------------------------------------------ running
     def run(
@@ -296,34 +300,36 @@ class EpisodeRunner:
         begin = getattr(policy, "begin", None)
         if begin is not None:
             begin(len(rollouts), seed)
-        system = rollouts[0].env.system_prompt(cfg.instructions) if rollouts else ""
+        instructions = self.method.hotpotqa_instructions or cfg.instructions
+        system = rollouts[0].env.system_prompt(instructions) if rollouts else ""
         # Stage 1: LTM construction with introspective retrieval.
         self._stage_start(rollouts, "1", system, reset=True)
         for turn in range(cfg.t1):
             for r in rollouts:
                 msg = r.traj.task.conversation[turn]
-                r.retrieved = []
-                if len(r.env.ltm):
-                    obs = r.env.retrieve_into_context(msg, cfg.introspective_top_k)
-                    r.retrieved = _hits(obs.data)
-                r.env.add_message("user", msg)
+                self._inject(r, msg, introspect_k=cfg.introspective_top_k)
             self._turn(rollouts, policy, 1, turn, cfg.max_actions_per_turn, turn == cfg.t1 - 1)
-        # Stage 2: a fresh context, one distractor per turn.
-        self._stage_start(rollouts, "2", system, reset=True)
+        # Stage 2: a fresh context (unless the method keeps one), one distractor per turn.
+        self._stage_start(rollouts, "2", system, reset=self.method.reset_context)
         for turn in range(cfg.t2):
             for r in rollouts:
-                r.retrieved = []
-                r.env.add_message("user", r.traj.task.distractors[turn])
+                self._inject(r, r.traj.task.distractors[turn])
             self._turn(rollouts, policy, 2, turn, cfg.max_actions_per_turn, turn == cfg.t2 - 1)
         # Stage 3: the query joins the stage-2 context; Filter/Summary never remove it.
         self._stage_start(rollouts, "3", system, reset=False)
         for r in rollouts:
-            r.retrieved = []
-            r.env.add_message("user", r.traj.task.question, protected=True)
+            self._inject(r, r.traj.task.question, protected=True)
         self._turn(rollouts, policy, 3, 0, cfg.t3, True)
         for r in rollouts:
             r.traj.memory_entries = tuple(e.content for e in r.env.ltm.entries())
         return [r.traj for r in rollouts]
+
+    def _inject(self, r: _Rollout, text: str, protected: bool = False, introspect_k: int = 0):
+        """The method's hook for an injected message; what it retrieved is this turn's hits."""
+        shown = methods.inject(
+            r.env, self.method, text, protected=protected, introspect_k=introspect_k
+        )
+        r.retrieved = _hits(shown.data) if shown is not None else []
 
     def _stage_start(self, rollouts, stage: str, system: str, reset: bool) -> None:
         for r in rollouts:

@@ -17,7 +17,7 @@ from typing import Any
 from absl import logging
 from tqdm import tqdm
 
-from agemem_jax import builders
+from agemem_jax import builders, methods
 from agemem_jax.chat import ChatFormat
 from agemem_jax.episodes import Trajectory, summarize
 from agemem_jax.rewards import score
@@ -48,7 +48,8 @@ def load_policy_stack(config):
 
 def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Dispatch on `config.bench`: three-stage HotpotQA episodes or an interactive benchmark."""
-    if config.get("bench", "hotpotqa") != "hotpotqa":
+    methods.method_spec(config.method)  # a bad name fails before any loading
+    if config.bench != "hotpotqa":
         return evaluate_env(config, workdir, progress)
     return evaluate_hotpotqa(config, workdir, progress)
 
@@ -82,12 +83,13 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
         )
     else:
         policy, chat, complete = load_policy_stack(config)
+    summarize_fn = builders.summarizer(config.summarizer, complete)
     make_memory = builders.env_factory(
-        chat, config.memory, config.encoder, builders.summarizer(config.summarizer, complete)
+        chat, config.memory, config.encoder, summarize_fn, config.method
     )
     runner = EnvEpisodeRunner(
         config.bench, make_memory, max_tool_turns=config.episode.max_actions_per_turn,
-        max_steps=config.episode.max_env_steps, stop_id=chat.im_end,
+        max_steps=config.episode.max_env_steps, stop_id=chat.im_end, method=config.method,
     )  # fmt: skip
     specs = envs.tasks(config.bench, config.env)
     if config.data.limit:
@@ -104,6 +106,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
     bar.close()
     metrics = env_summarize(trajectories) | {
         "policy": policy.name,
+        "method": runner.method.name,
         "seconds": round(time.time() - t0, 2),
     }
     _write(out_dir, trajectories, metrics)
@@ -132,7 +135,11 @@ def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True)
         bar.set_postfix(J=f"{summarize(trajectories)['judge_score']:.3f}")
     bar.close()
     metrics = summarize(trajectories, judge.name)
-    metrics |= {"policy": policy.name, "seconds": round(time.time() - t0, 2)}
+    metrics |= {
+        "policy": policy.name,
+        "method": runner.method.name,
+        "seconds": round(time.time() - t0, 2),
+    }
     metrics["judge_stats"] = dict(judge.stats)
     _write(out_dir, trajectories, metrics)
     logging.info("eval %s: %s", policy.name, json.dumps(metrics))

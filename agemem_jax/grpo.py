@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from agemem_jax import builders, models, rl_loss
+from agemem_jax import builders, methods, models, rl_loss
 from agemem_jax.chat import ChatFormat
 from agemem_jax.checkpointing import Checkpointer
 from agemem_jax.data import Task
@@ -174,6 +174,7 @@ def _trainer(model, config, loss, learning_rate: float | None = None) -> Trainer
 
 def build(config) -> Setup:
     # First, so bad settings fail before the model loads.
+    methods.require_trainable(config.method)
     judge = builders.judge(config.judge)
     sampling = build_block(SamplingConfig, config.sampling)
     if sampling.params.greedy:
@@ -288,17 +289,15 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     folder (`workdir/export`), which the RL config then loads as its checkpoint.
     """
     from agemem_jax.models import save_checkpoint
-    from agemem_jax.policies import ScriptedPolicy
 
+    methods.require_trainable(config.method)
     workdir = Path(workdir)
     model, tokenizer = models.load(config.model, seed=config.seed)
 
     chat = ChatFormat(tokenizer)
     runner = builders.runner(chat, config, builders.summarizer("extractive"))
     tasks = builders.tasks(config.data, runner.cfg)
-    expert = ScriptedPolicy(
-        top_k=config.memory.top_k, enabled_tools=tuple(config.memory.enabled_tools)
-    )
+    expert = builders.text_policy("scripted", config)  # the method's tools only
     trajs = runner.run(tasks, expert)
     # Whole trajectories, rows in order, so the rows of a growing context pack as one chain.
     episodes = [[StepRow(st.prompt_ids, st.action_ids) for st in tr.steps] for tr in trajs]

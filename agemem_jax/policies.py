@@ -87,7 +87,9 @@ class ScriptedPolicy:
     small talk. Stage 2: filters each distractor out of the context (Filter_context) and
     summarizes the stage once at its end (Summary_context). Stage 3: retrieves with the query,
     consolidates entries about the same subject (Update_memory the first, Delete_memory the
-    rest), then answers.
+    rest), then answers. It calls only `enabled_tools` (the method's, see methods.py): without
+    Retrieve_memory it consolidates what automatic retrieval showed, and without tools it only
+    answers.
     """
 
     name = "scripted"
@@ -151,13 +153,14 @@ class ScriptedPolicy:
         return format_turn("Nothing here to keep.", answer="Noted.")
 
     def _stage3(self, v: AgentView) -> str:
-        if v.turn_step == 0 and self._ok("Retrieve_memory"):
+        retrieve = self._ok("Retrieve_memory")
+        if v.turn_step == 0 and retrieve:
             call = {
                 "name": "Retrieve_memory",
                 "arguments": {"query": v.incoming, "top_k": self.top_k},
             }
             return format_turn("Look up what I stored about this question.", [call])
-        if v.turn_step == 1:
+        if v.turn_step == int(retrieve):  # right after the lookup, or first if hits were shown
             calls = self._consolidate(v.retrieved)
             if calls:
                 return format_turn("Two entries describe the same subject; merge them.", calls)

@@ -17,8 +17,10 @@ from typing import Any
 ADD, UPDATE, DELETE = "Add_memory", "Update_memory", "Delete_memory"
 RETRIEVE, SUMMARY, FILTER = "Retrieve_memory", "Summary_context", "Filter_context"
 TOOL_NAMES = (ADD, UPDATE, DELETE, RETRIEVE, SUMMARY, FILTER)
-LTM_TOOLS = (ADD, UPDATE, DELETE, RETRIEVE)  # tools that read or write the long-term store
-STM_TOOLS = (SUMMARY, FILTER)  # tools that edit the context
+# The spec's tool table (section 2): Retrieve_memory targets STM, since it writes its hits into
+# the context; the RAG variants replace these three with automatic retrieval (methods.py).
+LTM_TOOLS = (ADD, UPDATE, DELETE)  # tools that change the long-term store
+STM_TOOLS = (RETRIEVE, SUMMARY, FILTER)  # tools that change the context
 SPAN_PATTERN = r"all|[1-9][0-9]{0,8}"
 
 
@@ -49,7 +51,8 @@ _METADATA = {
     "type": "object",
     "description": "Optional attributes such as tags, source or time, as a JSON object.",
 }
-_MEMORY_ID = _string("Id of an entry, as returned by Add_memory or Retrieve_memory (mem_…).")
+# Names no other tool: a method without Retrieve_memory sees ids from automatic retrieval.
+_MEMORY_ID = _string("Id of an entry, as returned by Add_memory or shown by a retrieval (mem_…).")
 
 
 def build_tools(top_k: int = 3, max_top_k: int = 10) -> dict[str, ToolSpec]:
@@ -205,6 +208,12 @@ calls; their results come back as tool messages, and then you continue with a ne
 - <answer>...</answer>, your reply to the user.
 Write nothing outside these tags."""
 
+# Without tools (the no-memory and RAG baselines) the protocol keeps only think -> answer, so
+# the prompt never offers a call the environment would reject.
+PROTOCOL_RULES_NO_TOOLS = """\
+Every turn starts with private reasoning in <think>...</think>, followed by your reply to the \
+user in <answer>...</answer>. Write nothing outside these tags."""
+
 
 def system_prompt(
     tools: Mapping[str, ToolSpec] | Iterable[ToolSpec] | None = None,
@@ -214,7 +223,7 @@ def system_prompt(
     """The protocol, the tool list, then task-specific `instructions`."""
     tools = TOOLS if tools is None else tools
     listing = render_tools(tools, style)
-    parts = [PROTOCOL_RULES]
+    parts = [PROTOCOL_RULES if listing else PROTOCOL_RULES_NO_TOOLS]
     if listing:
         parts.append(f"Available tools:\n<tools>\n{listing}\n</tools>")
     if instructions:

@@ -2,11 +2,13 @@
 
     python experiments/demo.py --workdir=runs/demo      (what `make demo` runs)
 
-1. Cold-start SFT of SmolLM2-135M-Instruct on the scripted expert's trajectories.
-2. Evaluation of the SFT policy (AgeMem-noRL) on held-out procedural tasks.
-3. A short step-wise GRPO run from the SFT policy.
-4. Evaluation of the GRPO policy (AgeMem) on the same held-out tasks.
-Prints a table (J, MQ, TN, TC, reward) and writes `reward_curve.png` and `summary.json`.
+1. Evaluation of the prompted base checkpoint (AgeMem-noRL: same tools, no training).
+2. Cold-start SFT of SmolLM2-135M-Instruct on the scripted expert's trajectories.
+3. Evaluation of the SFT policy, on the same held-out procedural tasks.
+4. A short step-wise GRPO run from the SFT policy.
+5. Evaluation of the SFT+GRPO policy (AgeMem) on the same held-out tasks.
+The SFT warm start is training, so its row is "SFT", not noRL. Prints a table (J, MQ, TN, TC,
+reward) and writes `reward_curve.png` and `summary.json`.
 At this scale the numbers say whether the pipeline runs, not what the method achieves.
 """
 
@@ -54,10 +56,10 @@ def eval_config(config, checkpoint: str, n_tasks: int):
 
 
 def table(rows: dict[str, dict]) -> str:
-    head = f"{'policy':<14}" + "".join(f"{name:>12}" for name, _ in COLUMNS)
+    head = f"{'policy':<22}" + "".join(f"{name:>12}" for name, _ in COLUMNS)
     lines = [head, "-" * len(head)]
     for policy, m in rows.items():
-        lines.append(f"{policy:<14}" + "".join(f"{m[key]:>12.3f}" for _, key in COLUMNS))
+        lines.append(f"{policy:<22}" + "".join(f"{m[key]:>12.3f}" for _, key in COLUMNS))
     return "\n".join(lines)
 
 
@@ -94,17 +96,24 @@ def main(argv):
     t0 = time.time()
     seconds = {}
 
-    logging.info("1/4 cold-start SFT")
+    logging.info("1/5 evaluating the prompted base checkpoint (noRL)")
+    base = evaluate(
+        eval_config(config, config.model.checkpoint, _EVAL_TASKS.value), wd / "eval_norl"
+    )
+    seconds["eval_norl"] = time.time() - t0
+
+    logging.info("2/5 cold-start SFT")
+    t = time.time()
     grpo.sft(config, wd / "sft")
     sft_export = str(wd / "sft" / "export")
-    seconds["sft"] = time.time() - t0
+    seconds["sft"] = time.time() - t
 
-    logging.info("2/4 evaluating the SFT policy (noRL)")
+    logging.info("3/5 evaluating the SFT policy")
     t = time.time()
-    before = evaluate(eval_config(config, sft_export, _EVAL_TASKS.value), wd / "eval_norl")
-    seconds["eval_norl"] = time.time() - t
+    before = evaluate(eval_config(config, sft_export, _EVAL_TASKS.value), wd / "eval_sft")
+    seconds["eval_sft"] = time.time() - t
 
-    logging.info("3/4 GRPO from the SFT policy")
+    logging.info("4/5 GRPO from the SFT policy")
     t = time.time()
     rl = copy.deepcopy(config)
     rl.model.checkpoint = sft_export
@@ -112,7 +121,7 @@ def main(argv):
     grpo.train(rl, wd / "grpo")
     seconds["grpo"] = time.time() - t
 
-    logging.info("4/4 evaluating the GRPO policy")
+    logging.info("5/5 evaluating the SFT+GRPO policy")
     t = time.time()
     after = evaluate(
         eval_config(config, str(wd / "grpo" / "export"), _EVAL_TASKS.value), wd / "eval_rl"
@@ -122,7 +131,7 @@ def main(argv):
 
     grpo_metrics = read_jsonl(wd / "grpo" / "metrics.jsonl")
     plot(grpo_metrics, read_jsonl(wd / "sft" / "sft_metrics.jsonl"), wd / "reward_curve.png")
-    rows = {"AgeMem-noRL": before, "AgeMem (GRPO)": after}
+    rows = {"prompted base (noRL)": base, "SFT": before, "SFT+GRPO": after}
     summary = {
         "table": rows,
         "seconds": seconds,
