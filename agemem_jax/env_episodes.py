@@ -180,7 +180,9 @@ def summarize(trajs: Sequence[EnvTrajectory]) -> dict[str, Any]:
     for s in turns:
         calls.update(s["calls"])
     numeric = [k for k, v in trajs[0].metrics.items() if isinstance(v, int | float)]
-    out = {k: float(np.mean([t.metrics.get(k, 0.0) for t in trajs])) for k in numeric}
+    out: dict[str, Any] = {
+        k: float(np.mean([t.metrics.get(k, 0.0) for t in trajs])) for k in numeric
+    }
     out.update(
         episodes=n,
         bench=trajs[0].bench,

@@ -398,7 +398,9 @@ class EpisodeRunner:
             error=result.turn.error,
             answer=result.answer,
             finish_reason=action.finish_reason,
-            sampler_logprobs=action.sampler_logprobs,
+            sampler_logprobs=None
+            if action.sampler_logprobs is None
+            else np.asarray(action.sampler_logprobs, np.float32),
         )
         r.traj.steps.append(step)
         r.turn_step += 1
@@ -445,12 +447,12 @@ def summarize(trajectories: Sequence[Trajectory], judge_name: str = "rule") -> d
         for c in t.calls():
             by_name[c.name] += 1
     scored = [t for t in trajectories if t.reward is not None]
-    rewards = [t.reward for t in scored]
+    rewards = [t.reward for t in trajectories if t.reward is not None]
     components = {}
     if rewards:
         for key in rewards[0].as_dict():
             components[key] = _known_mean([r.as_dict()[key] for r in rewards])
-    task_scores = [t.reward.task if t.answer is not None else 0.0 for t in scored]
+    task_scores = [r.task if t.answer is not None else 0.0 for t, r in zip(scored, rewards, strict=True)]
     # Failed judge scores are NaN/None: left out of the means and counted instead.
     failures = sum(r.judge_failures for r in rewards)
     failures += sum(t.memory_quality is None for t in scored)

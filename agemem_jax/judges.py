@@ -42,6 +42,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agemem_jax.dataclass_config import build
 from agemem_jax.text import entry_fact_overlap, f1_score, lexical_memory_quality
@@ -346,6 +347,7 @@ class LocalJudge(LLMJudge):
         if not callable(generate):
             raise JudgeError("the local judge needs a callable `generate` (e.g. the sampler)")
         self.generate, self.batched = generate, batched
+        self.model: Any = None  # the frozen judge model, when loaded by `from_checkpoint`
 
     @classmethod
     def from_checkpoint(cls, cfg: JudgeConfig) -> LocalJudge:

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
 from agemem_jax.dataclass_config import build
+
+A = TypeVar("A")
 
 
 @dataclasses.dataclass
@@ -79,22 +81,26 @@ class PackingConfig:
 
 
 
-class PackedBatch(NamedTuple):
-    """One micro-batch; every field is `[rows, row_len]`. A pytree, so it goes straight to jit."""
+class PackedBatch(NamedTuple, Generic[A]):
+    """One micro-batch; every field is `[rows, row_len]`. A pytree, so it goes straight to jit.
 
-    input_ids: np.ndarray  # int32
-    targets: np.ndarray  # int32, the token predicted at each position
-    positions: np.ndarray  # int32, restart at 0 for every step row
-    segment_ids: np.ndarray  # int32, 1..n per packed row, 0 = padding (what attends to what)
-    loss_mask: np.ndarray  # float32, 1 where targets is a policy-generated token
-    old_logp: np.ndarray  # float32, π_old of targets (0 where masked)
-    advantages: np.ndarray  # float32, the step row's advantage on its action positions
-    loss_ids: np.ndarray  # int32, 1..n: which step row a loss position belongs to; 0 elsewhere
-    sampler_logp: np.ndarray  # float32, log μ of targets; equal to old_logp where μ = π_old
+    `A` is what the leaves are: host `np.ndarray`s from `pack`, device arrays inside the jitted
+    update, or shardings and abstract shapes when the update is lowered.
+    """
+
+    input_ids: A  # int32
+    targets: A  # int32, the token predicted at each position
+    positions: A  # int32, restart at 0 for every step row
+    segment_ids: A  # int32, 1..n per packed row, 0 = padding (what attends to what)
+    loss_mask: A  # float32, 1 where targets is a policy-generated token
+    old_logp: A  # float32, π_old of targets (0 where masked)
+    advantages: A  # float32, the step row's advantage on its action positions
+    loss_ids: A  # int32, 1..n: which step row a loss position belongs to; 0 elsewhere
+    sampler_logp: A  # float32, log μ of targets; equal to old_logp where μ = π_old
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.input_ids.shape
+        return tuple(self.input_ids.shape)  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass

@@ -241,13 +241,14 @@ def compute_rewards(
         pos += len(ep.added_entries)
         relevance = 0.0  # nothing retrieved: nothing relevant (ours)
         if ep.retrieved:
-            relevance = nan if scores[pos] is None else scores[pos]
+            judged = scores[pos]
+            relevance = nan if judged is None else judged
             pos += 1
         high = sum(s >= cfg.storage_threshold for s in storage_scores)
         storage = high / max(1, len(ep.added_entries))
         if len(storage_scores) < len(ep.added_entries):  # over the judged entries only
             storage = high / len(storage_scores) if storage_scores else nan
-        parts = dict(
+        parts: dict[str, float] = dict(
             compression=compression(ep),
             preventive=preventive(ep),
             preservation=preservation(ep),
