@@ -19,19 +19,12 @@ from typing import Any
 import numpy as np
 
 from agemem_jax import envs as envs_lib
-from agemem_jax import methods
+from agemem_jax import methods, prompts
 from agemem_jax import tools as T
 from agemem_jax.episodes import FORMAT_ERROR_CODES, step_env
 from agemem_jax.memory_env import MemoryEnv
 from agemem_jax.policies import Action, AgentView
 from agemem_jax.protocol import format_turn
-
-ENV_INSTRUCTIONS = """\
-You are an agent acting in a text environment. Each user message is what you observe. Reply \
-with exactly one environment action inside <answer></answer> (for example \
-<answer>go to desk 1</answer>); "check valid actions" lists what you can do. Before acting you \
-may use the memory tools: store what you learn (Add_memory), recall it (Retrieve_memory), and \
-keep the context short (Summary_context, Filter_context)."""
 
 
 @dataclasses.dataclass
@@ -95,7 +88,7 @@ class EnvEpisodeRunner:
         self.max_tool_turns = max_tool_turns
         self.stop_id = stop_id
         self.method = methods.method_spec(method)
-        self.instructions = instructions or self.method.env_instructions or ENV_INSTRUCTIONS
+        self.instructions = instructions or self.method.env_instructions or prompts.ENV_INSTRUCTIONS
 
     def run(self, specs: Sequence[Mapping[str, Any]], policy, seed: int = 0) -> list[EnvTrajectory]:
         trajs = []

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from agemem_jax import methods
+from agemem_jax import methods, prompts
 from agemem_jax import tools as T
 from agemem_jax.data import Task
 from agemem_jax.dataclass_config import build
@@ -33,15 +33,6 @@ from agemem_jax.memory_env import TURN, CallRecord, MemoryEnv, StepResult
 from agemem_jax.policies import Action, AgentView, Policy
 from agemem_jax.rewards import EpisodeFacts, Reward
 from agemem_jax.stm import Message
-
-HOTPOTQA_INSTRUCTIONS = """\
-You are a helpful assistant with a long-term memory store and a short-term context. The \
-conversation comes in three parts. First, a user chats with you and shares information: store \
-what may matter later with Add_memory (the question is not known yet). Then the context is \
-cleared and unrelated material arrives: keep the context clean with Filter_context and \
-Summary_context. Finally a question comes: use Retrieve_memory to recall what you stored and \
-give a short final answer inside <answer></answer>. While the conversation goes on, reply \
-<answer>Noted.</answer> once you have handled a message."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +48,7 @@ class EpisodeConfig:
     # actions the scripted expert needs at most.
     n_max: int = 24
     introspective_top_k: int = 3  # stage-1 retrieval of the incoming message (spec: k)
-    instructions: str = HOTPOTQA_INSTRUCTIONS  # task instructions after the tool listing
+    instructions: str = prompts.HOTPOTQA_INSTRUCTIONS  # task instructions after the tool listing
     max_env_steps: int = 30  # interactive benchmarks: environment actions (AgentBoard's limit)
 
     def __post_init__(self):

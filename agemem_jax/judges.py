@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agemem_jax import prompts
 from agemem_jax.dataclass_config import build
 from agemem_jax.text import entry_fact_overlap, f1_score, lexical_memory_quality
 
@@ -212,43 +213,6 @@ class RuleJudge(Judge):
 # ---------------------------------------------------------------------------------------------
 # LLM judges: rubric prompts (our wording of spec sections 6 and 8) and reply parsing.
 
-SYSTEM_PROMPT = (
-    "You grade the work of an AI assistant. Read the rubric and the material, then reply with a "
-    "single number between 0 and 1. Write nothing else: no words, no explanation."
-)
-
-SCALE = """How to score:
-1.0 = fully right, or the same meaning in other words
-0.8-0.9 = right in substance, with small slips
-0.6-0.7 = partly right
-0.4-0.5 = serious mistakes
-0.2-0.3 = mostly wrong
-0.0-0.1 = wrong or unrelated"""
-
-RUBRICS = {
-    "task": (
-        "Does the assistant's answer give the same answer as the reference answer to the "
-        "question? Judge meaning, not wording."
-    ),
-    "memory": (
-        "An assistant kept the memory entries below while reading about a topic. Compare them "
-        "with the facts it was expected to keep. A high score means the entries cover the "
-        "expected facts and hold little else; lower the score for every expected fact that is "
-        "missing and for entries that have nothing to do with the facts."
-    ),
-    "storage": (
-        "An assistant saved the memory entry below before it knew the question. Is it a good "
-        "entry for answering the question? A good entry states a fact that helps reach the "
-        "reference answer, clearly and on its own. Score 1 for a good entry and 0 for an "
-        "irrelevant, vague or garbled one."
-    ),
-    "relevance": (
-        "An assistant searched its memory while answering the question and got the entries "
-        "below. How relevant are they to the question? Score 1 when they hold what is needed "
-        "to answer it and nothing unrelated, and 0 when none of them helps."
-    ),
-}
-
 
 def _bullets(items: Sequence[str]) -> str:
     return "\n".join(f"- {x}" for x in items) if items else "(none)"
@@ -256,7 +220,7 @@ def _bullets(items: Sequence[str]) -> str:
 
 def judge_messages(req: JudgeRequest) -> list[dict[str, str]]:
     """The chat prompt an LLM judge sees for one request."""
-    parts = [RUBRICS[req.kind], SCALE, f"Question: {req.question}"]
+    parts = [prompts.JUDGE_RUBRICS[req.kind], prompts.JUDGE_SCALE, f"Question: {req.question}"]
     if req.kind == "task":
         parts += [f"Reference answer: {req.answer}", f"Assistant's answer: {req.prediction}"]
     elif req.kind == "memory":
@@ -270,7 +234,7 @@ def judge_messages(req: JudgeRequest) -> list[dict[str, str]]:
         parts += [f"Retrieved entries:\n{_bullets(req.entries)}"]
     parts.append("Score (one number between 0 and 1):")
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": prompts.JUDGE_SYSTEM_PROMPT},
         {"role": "user", "content": "\n\n".join(parts)},
     ]
 

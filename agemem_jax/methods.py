@@ -53,34 +53,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from agemem_jax import prompts
 from agemem_jax import tools as T
 from agemem_jax.ltm import StoreFull
 from agemem_jax.memory_env import MemoryEnv
 from agemem_jax.stm import Message
 
 RAG_TOP_K = 5  # the RAG variant's k (baselines.md, "RAG variant")
-
-_HOTPOTQA_STAGES = """\
-The conversation comes in three parts. First, a user chats with you and shares information \
-(the question is not known yet). Then unrelated material arrives. Finally a question comes: \
-give a short final answer inside <answer></answer>. Until the question, reply \
-<answer>Noted.</answer> to each message."""
-
-_ENV_BASE = """\
-You are an agent acting in a text environment. Each user message is what you observe. Reply \
-with exactly one environment action inside <answer></answer> (for example \
-<answer>go to desk 1</answer>); "check valid actions" lists what you can do."""
-
-_LT_HOTPOTQA = f"""\
-You are a helpful assistant with a long-term memory store. {_HOTPOTQA_STAGES} While the user \
-shares information, store what may matter later with Add_memory. Before each message, the \
-stored entries closest to it are shown to you with their ids; keep the store correct with \
-Update_memory and Delete_memory."""
-
-_LT_ENV = f"""\
-{_ENV_BASE} Before acting you may store what you learn with Add_memory and correct entries \
-with Update_memory and Delete_memory; the stored entries closest to each observation are shown \
-to you automatically."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,16 +103,16 @@ METHODS: dict[str, MethodSpec] = {
             "AgeMem-RAG",
             _LT_TOOLS,
             auto_retrieve_k=RAG_TOP_K,
-            hotpotqa_instructions=_LT_HOTPOTQA,
-            env_instructions=_LT_ENV,
+            hotpotqa_instructions=prompts.LT_HOTPOTQA_INSTRUCTIONS,
+            env_instructions=prompts.LT_ENV_INSTRUCTIONS,
         ),
         MethodSpec(
             "agemem_lt",
             "+LT",
             _LT_TOOLS,
             auto_retrieve_k=RAG_TOP_K,
-            hotpotqa_instructions=_LT_HOTPOTQA,
-            env_instructions=_LT_ENV,
+            hotpotqa_instructions=prompts.LT_HOTPOTQA_INSTRUCTIONS,
+            env_instructions=prompts.LT_ENV_INSTRUCTIONS,
         ),
         MethodSpec(
             "no_memory",
@@ -141,8 +120,8 @@ METHODS: dict[str, MethodSpec] = {
             (),
             reset_context=False,
             trainable=False,
-            hotpotqa_instructions=f"You are a helpful assistant. {_HOTPOTQA_STAGES}",
-            env_instructions=_ENV_BASE,
+            hotpotqa_instructions=prompts.NO_MEMORY_HOTPOTQA_INSTRUCTIONS,
+            env_instructions=prompts.ENV_BASE,
         ),
         MethodSpec(
             "rag",
@@ -151,11 +130,8 @@ METHODS: dict[str, MethodSpec] = {
             auto_retrieve_k=RAG_TOP_K,
             raw_store=True,
             trainable=False,
-            hotpotqa_instructions=f"You are a helpful assistant. {_HOTPOTQA_STAGES} Every "
-            "message is kept in a memory store, and before each message the stored messages "
-            "closest to it are shown to you.",
-            env_instructions=f"{_ENV_BASE} Every observation is kept in a memory store, and "
-            "the stored observations closest to the current one are shown to you.",
+            hotpotqa_instructions=prompts.RAG_HOTPOTQA_INSTRUCTIONS,
+            env_instructions=prompts.RAG_ENV_INSTRUCTIONS,
         ),
     )
 }

@@ -16,12 +16,10 @@ import re
 import typing
 from typing import Any
 
+from agemem_jax import prompts
+
 TAGS = ("think", "tool_call", "answer")
 ACTIONS = ("tool_call", "answer")
-FORMAT_HINT = (
-    "Reply as <think>…</think> followed by exactly one <tool_call>[…]</tool_call> or "
-    "<answer>…</answer>, with no text outside the tags."
-)
 # Violations that are limit overruns rather than format mistakes.
 LIMIT_VIOLATIONS = frozenset({"turn_too_long", "too_many_calls", "arguments_too_large"})
 _SPACE = re.compile(r"\s*")
@@ -61,7 +59,7 @@ class Turn:
 
 
 def _invalid(violation: str, message: str, think: str = "") -> Turn:
-    return Turn(think=think, error=f"{message}. {FORMAT_HINT}", violation=violation)
+    return Turn(think=think, error=f"{message}. {prompts.FORMAT_HINT}", violation=violation)
 
 
 def _snippet(s: str, n: int = 40) -> str:

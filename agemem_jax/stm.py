@@ -22,16 +22,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from agemem_jax import prompts
 from agemem_jax.chat import ChatFormat
 from agemem_jax.encoder import Encoder
 
 ROLE_IDS = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
-
-SUMMARY_SYSTEM_PROMPT = """\
-You condense part of an agent's conversation. The summary you write replaces the original \
-messages, which will be gone, so keep every important fact, name, number, date, intention, \
-decision and open question they contain. Be concise and factual. Write the summary only: no \
-greeting, no preamble, no filler."""
 
 
 class ContextError(ValueError):
@@ -79,8 +74,8 @@ def summary_request(messages: Sequence[Message]) -> list[dict[str, str]]:
     """Chat messages asking an LLM to summarize `messages` (what the default summarizer sends)."""
     transcript = "\n\n".join(f"[{m.role}] {m.text}" for m in messages)
     return [
-        {"role": "system", "content": SUMMARY_SYSTEM_PROMPT},
-        {"role": "user", "content": f"Summarize these messages:\n\n{transcript}"},
+        {"role": "system", "content": prompts.SUMMARY_SYSTEM_PROMPT},
+        {"role": "user", "content": prompts.SUMMARY_REQUEST.format(transcript=transcript)},
     ]
 
 
@@ -102,7 +97,7 @@ class ShortTermContext:
         encoder: Encoder | None = None,
         theta: float = 0.6,
         summary_role: str = "user",
-        summary_prefix: str = "Summary of earlier context:\n",
+        summary_prefix: str = prompts.SUMMARY_PREFIX,
     ):
         if summary_role not in ROLE_IDS:
             raise ValueError(f"summary_role={summary_role!r}; choose one of {list(ROLE_IDS)}")

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from agemem_jax import prompts
+
 ADD, UPDATE, DELETE = "Add_memory", "Update_memory", "Delete_memory"
 RETRIEVE, SUMMARY, FILTER = "Retrieve_memory", "Summary_context", "Filter_context"
 TOOL_NAMES = (ADD, UPDATE, DELETE, RETRIEVE, SUMMARY, FILTER)
@@ -197,24 +199,6 @@ def render_tools(tools: Mapping[str, ToolSpec] | Iterable[ToolSpec], style: str 
     raise ValueError(f"unknown prompt style {style!r}; choose one of {PROMPT_STYLES}")
 
 
-PROTOCOL_RULES = """\
-You are an assistant with two memories that you manage yourself:
-- long-term memory, a store of entries that persists across the whole task;
-- short-term memory, this conversation, which has a limited token budget.
-
-Every turn starts with private reasoning in <think>...</think>. After it comes exactly one of:
-- <tool_call>[{"name": "<tool>", "arguments": {...}}, ...]</tool_call>, a JSON list of one or more \
-calls; their results come back as tool messages, and then you continue with a new turn;
-- <answer>...</answer>, your reply to the user.
-Write nothing outside these tags."""
-
-# Without tools (the no-memory and RAG baselines) the protocol keeps only think -> answer, so
-# the prompt never offers a call the environment would reject.
-PROTOCOL_RULES_NO_TOOLS = """\
-Every turn starts with private reasoning in <think>...</think>, followed by your reply to the \
-user in <answer>...</answer>. Write nothing outside these tags."""
-
-
 def system_prompt(
     tools: Mapping[str, ToolSpec] | Iterable[ToolSpec] | None = None,
     instructions: str = "",
@@ -223,9 +207,9 @@ def system_prompt(
     """The protocol, the tool list, then task-specific `instructions`."""
     tools = TOOLS if tools is None else tools
     listing = render_tools(tools, style)
-    parts = [PROTOCOL_RULES if listing else PROTOCOL_RULES_NO_TOOLS]
+    parts = [prompts.PROTOCOL_RULES if listing else prompts.PROTOCOL_RULES_NO_TOOLS]
     if listing:
-        parts.append(f"Available tools:\n<tools>\n{listing}\n</tools>")
+        parts.append(prompts.TOOL_LISTING.format(listing=listing))
     if instructions:
         parts.append(instructions.strip())
     return "\n\n".join(parts)

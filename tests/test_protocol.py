@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agemem_jax.dataclass_config import build
-from agemem_jax.protocol import FORMAT_HINT, ProtocolLimits, Turn, format_turn, parse_turn
+from agemem_jax.prompts import FORMAT_HINT
+from agemem_jax.protocol import ProtocolLimits, Turn, format_turn, parse_turn
 
 ADD = {"name": "Add_memory", "arguments": {"content": "Paris is in France"}}
 

@@ -9,9 +9,9 @@ import pytest
 
 from agemem_jax.chat import ChatFormat
 from agemem_jax.encoder import HashEncoder, minilm_path
+from agemem_jax.prompts import SUMMARY_SYSTEM_PROMPT
 from agemem_jax.stm import (
     ROLE_IDS,
-    SUMMARY_SYSTEM_PROMPT,
     ContextError,
     ShortTermContext,
     summary_request,
