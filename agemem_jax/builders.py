@@ -21,7 +21,7 @@ from agemem_jax.encoder import HashEncoder, default_encoder
 from agemem_jax.episodes import EpisodeConfig, EpisodeRunner
 from agemem_jax.judges import Judge, JudgeConfig, make_judge
 from agemem_jax.memory_env import MemoryEnv, MemoryEnvConfig
-from agemem_jax.policies import LazyPolicy, Policy, RandomPolicy, ScriptedPolicy
+from agemem_jax.policies import JunkPolicy, LazyPolicy, OraclePolicy, Policy, ScriptedPolicy
 from agemem_jax.rewards import RewardConfig
 from agemem_jax.rollout import ModelStack
 from agemem_jax.sampler import SamplingConfig
@@ -84,7 +84,16 @@ def runner(chat: ChatFormat, config, summarize: Callable | None) -> EpisodeRunne
     )
 
 
-def text_policy(name: str, config) -> Policy:
+POLICIES = ("model", "scripted", "lazy", "junk", "oracle")
+
+
+def policy(config, stack: ModelStack | None = None, name: str | None = None) -> Policy:
+    """The acting policy `config.policy` names (or `name`); `model` samples from `stack`."""
+    name = config.policy if name is None else name
+    if name == "model":
+        if stack is None:
+            raise ValueError("policy='model' needs the model stack (builders.model_stack)")
+        return stack.policy
     if name == "scripted":
         spec = methods.method_spec(config.method)
         return ScriptedPolicy(
@@ -93,9 +102,11 @@ def text_policy(name: str, config) -> Policy:
         )
     if name == "lazy":
         return LazyPolicy()
-    if name == "random":
-        return RandomPolicy(seed=config.seed)
-    raise ValueError(f"unknown policy {name!r}; choose 'model', 'scripted', 'lazy' or 'random'")
+    if name == "junk":
+        return JunkPolicy(seed=config.seed)
+    if name == "oracle":
+        return OraclePolicy()
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
 def reward_config(cfg) -> RewardConfig:

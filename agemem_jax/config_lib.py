@@ -71,7 +71,7 @@ GRPO_BLOCKS: dict[str, type] = {
 TOP_LEVEL_COMMENTS = {
     "seed": "the run's seed (model init, sampler, data order)",
     "multihost": "None: follow the environment (SLURM, TPU pod); True/False forces it",
-    "policy": "model | scripted | random | lazy (| oracle on interactive benchmarks)",
+    "policy": "model | scripted | lazy | junk (malformed output) | oracle (interactive benchmarks)",
     "method": "agemem | agemem_rag | agemem_lt | no_memory | rag (agemem_jax.methods)",
     "bench": "hotpotqa | alfworld | sciworld | babyai | pddl",
     "env": "the benchmark's task-list settings (envs.tasks(bench, **env))",
@@ -143,7 +143,7 @@ def _line(key: str, value, comment: str) -> str:
 def env_eval_config(bench: str, env: dict, preset: str | None) -> mlc.ConfigDict:
     """Evaluation on an interactive benchmark (`configs/eval/<bench>.py`).
 
-    Presets: oracle (the benchmark's expert through our protocol), random (the robustness
+    Presets: oracle (the benchmark's expert through our protocol), junk (the robustness
     floor), smollm2_cpu (the embedded model on 3 tasks).
     """
     c: Any = base_config()  # ConfigDict attributes are dynamic; its stubs type them as values
@@ -154,13 +154,13 @@ def env_eval_config(bench: str, env: dict, preset: str | None) -> mlc.ConfigDict
     c.sampling.update(temperature=0.0, max_new_tokens=256)  # greedy evaluation
     c.episode.max_actions_per_turn = 2  # memory turns allowed before each environment action
     preset = preset or "oracle"
-    if preset in ("oracle", "random"):
+    if preset in ("oracle", "junk"):
         c.policy = preset
-        c.encoder = "hash" if preset == "random" else "minilm"
+        c.encoder = "hash" if preset == "junk" else "minilm"
     elif preset == "smollm2_cpu":
         c.policy = "model"
         c.data.limit = 3
         c.sampling.max_new_tokens = 64
     else:
-        raise ValueError(f"unknown preset {preset!r}: oracle, random, smollm2_cpu")
+        raise ValueError(f"unknown preset {preset!r}: oracle, junk, smollm2_cpu")
     return c

@@ -24,7 +24,6 @@ from agemem_jax import tools as T
 from agemem_jax.episodes import FORMAT_ERROR_CODES, step_env
 from agemem_jax.memory_env import MemoryEnv
 from agemem_jax.policies import Action, AgentView
-from agemem_jax.protocol import format_turn
 
 
 @dataclasses.dataclass
@@ -47,19 +46,6 @@ class EnvTrajectory:
             "tool_stats": self.memory.metrics(),
             "steps": self.steps,
         }
-
-
-class OraclePolicy:
-    """The benchmark's own expert (gold path, bot, plan, walkthrough) speaking our protocol."""
-
-    name = "oracle"
-
-    def act(self, views: Sequence[AgentView]) -> list[Action]:
-        out = []
-        for v in views:
-            action = v.env.oracle_action()
-            out.append(Action(format_turn("Following the expert plan.", answer=action)))
-        return out
 
 
 class EnvEpisodeRunner:

@@ -32,18 +32,15 @@ class EvalConfig:
 
 
 def load_policy_stack(config):
-    """(policy, chat, summarize) for `config`; loads the model only if used."""
+    """(policy, chat, summarize) for `config`; loads the model only if something uses it."""
     needs_model = config.policy == "model" or config.summarizer == "policy"
     if not needs_model:
         from agemem_jax.models import load_tokenizer
 
         chat = ChatFormat(load_tokenizer(config.model.checkpoint))
-        return builders.text_policy(config.policy, config), chat, None
+        return builders.policy(config), chat, None
     stack = builders.model_stack(config)
-    policy = (
-        stack.policy if config.policy == "model" else builders.text_policy(config.policy, config)
-    )
-    return policy, stack.chat, stack.complete
+    return builders.policy(config, stack), stack.chat, stack.complete
 
 
 def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
@@ -67,22 +64,13 @@ def _write(out_dir: Path, trajectories, metrics: dict[str, Any]) -> None:
 def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """An interactive benchmark, played through the protocol with the memory tools available."""
     from agemem_jax import envs
-    from agemem_jax.env_episodes import EnvEpisodeRunner, OraclePolicy
+    from agemem_jax.env_episodes import EnvEpisodeRunner
     from agemem_jax.env_episodes import summarize as env_summarize
 
     out_dir = Path(workdir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if config.policy == "oracle":
-        from agemem_jax.models import load_tokenizer
-
-        policy, chat, complete = (
-            OraclePolicy(),
-            ChatFormat(load_tokenizer(config.model.checkpoint)),
-            None,
-        )
-    else:
-        policy, chat, complete = load_policy_stack(config)
+    policy, chat, complete = load_policy_stack(config)
     summarize_fn = builders.summarizer(config.summarizer, complete)
     make_memory = builders.env_factory(
         chat, config.memory, config.encoder, summarize_fn, config.method

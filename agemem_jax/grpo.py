@@ -297,7 +297,7 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     chat = ChatFormat(tokenizer)
     runner = builders.runner(chat, config, builders.summarizer("extractive"))
     tasks = builders.tasks(config.data, runner.cfg)
-    expert = builders.text_policy("scripted", config)  # the method's tools only
+    expert = builders.policy(config, name="scripted")  # the method's tools only
     trajs = runner.run(tasks, expert)
     # Whole trajectories, rows in order, so the rows of a growing context pack as one chain.
     episodes = [[StepRow(st.prompt_ids, st.action_ids) for st in tr.steps] for tr in trajs]

@@ -14,10 +14,10 @@ from agemem_jax import summarizers
 from agemem_jax import tools as T
 from agemem_jax.chat import ChatFormat
 from agemem_jax.encoder import HashEncoder
-from agemem_jax.env_episodes import EnvEpisodeRunner, OraclePolicy, summarize
+from agemem_jax.env_episodes import EnvEpisodeRunner, summarize
 from agemem_jax.envs import tasks
 from agemem_jax.memory_env import MemoryEnv
-from agemem_jax.policies import Action, RandomPolicy
+from agemem_jax.policies import Action, JunkPolicy, OraclePolicy
 from agemem_jax.protocol import format_turn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_oracle_through_the_protocol(chat):
 
 def test_step_limit_is_configurable(chat):
     """`max_steps` caps environment actions per episode (memory turns do not count)."""
-    trajs = runner(chat, max_steps=2).run(SPECS[:2], RandomPolicy(seed=0))
+    trajs = runner(chat, max_steps=2).run(SPECS[:2], JunkPolicy(seed=0))
     assert all(t.env.steps == 2 and t.env.done for t in trajs)
     with pytest.raises(ValueError, match="max_steps"):
         runner(chat, max_steps=0)
@@ -90,7 +90,7 @@ def test_memory_tools_work_between_actions(chat):
 
 
 def test_random_policy_is_bounded_and_never_crashes(chat):
-    trajs = runner(chat, max_tool_turns=1).run(SPECS, RandomPolicy(seed=0))
+    trajs = runner(chat, max_tool_turns=1).run(SPECS, JunkPolicy(seed=0))
     m = summarize(trajs)
     assert m["success"] == 0.0 and m["format_error_rate"] > 0.9
     for t in trajs:

@@ -22,7 +22,7 @@ from agemem_jax.episodes import EpisodeConfig, EpisodeRunner, summarize
 from agemem_jax.judges import RuleJudge
 from agemem_jax.memory_env import MemoryEnv
 from agemem_jax.models import load_tokenizer
-from agemem_jax.policies import Action, LazyPolicy, RandomPolicy, ScriptedPolicy
+from agemem_jax.policies import Action, JunkPolicy, LazyPolicy, ScriptedPolicy
 from agemem_jax.protocol import format_turn
 from agemem_jax.rewards import RewardConfig, score
 
@@ -74,7 +74,7 @@ def test_scripted_expert_on_shared_sample(chat, sample_tasks):
 
 def test_random_policy_never_crashes_and_scores_nothing(chat, sample_tasks):
     runner = make_runner(chat)
-    trajs = runner.run(sample_tasks[:10], RandomPolicy(seed=3))
+    trajs = runner.run(sample_tasks[:10], JunkPolicy(seed=3))
     score(trajs, RuleJudge(), runner.cfg, RewardConfig())
     m = summarize(trajs)
     assert m["format_error_rate"] >= 0.95

@@ -15,11 +15,12 @@ from agemem_jax.chat import ChatFormat
 from agemem_jax.config_lib import base_config, from_file
 from agemem_jax.data import SHARED_SAMPLE
 from agemem_jax.encoder import HashEncoder
-from agemem_jax.env_episodes import EnvEpisodeRunner, OraclePolicy
+from agemem_jax.env_episodes import EnvEpisodeRunner
 from agemem_jax.episodes import EpisodeConfig, EpisodeRunner
 from agemem_jax.evaluate import evaluate
 from agemem_jax.memory_env import MemoryEnv
 from agemem_jax.models import load_tokenizer
+from agemem_jax.policies import OraclePolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("agemem", "agemem_rag", "agemem_lt", "no_memory", "rag")
@@ -88,7 +89,7 @@ def run_hotpotqa(chat, method: str, n_tasks: int = 2, t_max: int = 8192, sample=
     cfg = EpisodeConfig(**episode)
     runner = EpisodeRunner(make_env, cfg, stop_id=chat.im_end, method=method)
     tasks = builders.tasks(config.data, cfg)
-    return runner.run(tasks, builders.text_policy("scripted", config)), log, injections
+    return runner.run(tasks, builders.policy(config, name="scripted")), log, injections
 
 
 # ------------------------------------------------------------------------------ the table
@@ -160,7 +161,7 @@ def test_system_prompt_offers_exactly_the_methods_tools(chat, method):
     config.memory.enabled_tools = (T.ADD, T.FILTER)
     env = builders.env_factory(chat, config.memory, "hash", None, config.method)()
     assert tuple(env.tools) == tuple(t for t in (T.ADD, T.FILTER) if t in expected)
-    policy = builders.text_policy("scripted", config)
+    policy = builders.policy(config, name="scripted")
     assert policy.enabled == set(env.tools)
 
 

@@ -3,7 +3,7 @@
     python experiments/eval.py --config=configs/eval/alfworld.py:oracle --workdir=runs/alfworld
     python experiments/eval.py --config=configs/eval/alfworld.py:smollm2_cpu --workdir=runs/alfworld
 
-Tasks: offline generated games; official games with env.source=official. Presets: oracle (the benchmark's expert through our protocol), random (the
+Tasks: offline generated games; official games with env.source=official. Presets: oracle (the benchmark's expert through our protocol), junk (the
 robustness floor), smollm2_cpu (the embedded model, 3 tasks).
 """
 

@@ -3,7 +3,7 @@
     python experiments/eval.py --config=configs/eval/babyai.py:oracle --workdir=runs/babyai
     python experiments/eval.py --config=configs/eval/babyai.py:smollm2_cpu --workdir=runs/babyai
 
-Tasks: the default level suite. Presets: oracle (the benchmark's expert through our protocol), random (the
+Tasks: the default level suite. Presets: oracle (the benchmark's expert through our protocol), junk (the
 robustness floor), smollm2_cpu (the embedded model, 3 tasks).
 """
 

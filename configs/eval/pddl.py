@@ -3,7 +3,7 @@
     python experiments/eval.py --config=configs/eval/pddl.py:oracle --workdir=runs/pddl
     python experiments/eval.py --config=configs/eval/pddl.py:smollm2_cpu --workdir=runs/pddl
 
-Tasks: the 60 AgentBoard problems from ../shared/data (env.source=generated: our generators). Presets: oracle (the benchmark's expert through our protocol), random (the
+Tasks: the 60 AgentBoard problems from ../shared/data (env.source=generated: our generators). Presets: oracle (the benchmark's expert through our protocol), junk (the
 robustness floor), smollm2_cpu (the embedded model, 3 tasks).
 """
 

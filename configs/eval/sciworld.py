@@ -3,7 +3,7 @@
     python experiments/eval.py --config=configs/eval/sciworld.py:oracle --workdir=runs/sciworld
     python experiments/eval.py --config=configs/eval/sciworld.py:smollm2_cpu --workdir=runs/sciworld
 
-Tasks: one variation per task type of the test split. Presets: oracle (the benchmark's expert through our protocol), random (the
+Tasks: one variation per task type of the test split. Presets: oracle (the benchmark's expert through our protocol), junk (the
 robustness floor), smollm2_cpu (the embedded model, 3 tasks).
 """
 
