@@ -24,14 +24,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from agemem_jax.dataclass_config import build
 from agemem_jax.judges import Judge, JudgeRequest
 from agemem_jax.text import contains_items, key_items
-
-if TYPE_CHECKING:
-    from agemem_jax.episodes import EpisodeConfig, Trajectory
 
 
 @dataclass(frozen=True)
@@ -300,10 +297,29 @@ def compute_reward(
     return compute_rewards([episode], judge, config)[0]
 
 
+class _Episode(Protocol):
+    """What `score` reads of an episode config (`episodes.EpisodeConfig` is one)."""
+
+    @property
+    def n_max(self) -> int: ...
+
+
+class Scored(Protocol):
+    """What `score` needs of a trajectory (`episodes.Trajectory` is one); structural, so the
+    reward never imports the episode loop that uses it."""
+
+    task: Any  # question, answer, supporting_facts
+    memory_entries: tuple[str, ...]
+    reward: Reward | None
+    memory_quality: float | None
+
+    def facts(self, n_max: int) -> EpisodeFacts: ...
+
+
 def score(
-    trajectories: Sequence[Trajectory],
+    trajectories: Sequence[Scored],
     judge: Judge,
-    episode_cfg: EpisodeConfig,
+    episode_cfg: _Episode,
     reward_cfg: RewardConfig | Mapping | None = None,
 ) -> None:
     """Fill each trajectory's reward and memory quality (MQ), judged in two batched calls.

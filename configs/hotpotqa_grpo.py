@@ -65,6 +65,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.data.update(source="hotpotqa", path="", split="train", limit=0)
         c.grpo.tasks_per_step = 8
         c.summarizer = "policy"
+        # An LLM judge with the spec's 0-1 rubric: the initial instruct checkpoint, loaded a
+        # second time and never trained (judge.kind=http points at a larger served judge).
+        c.judge.update(kind="local", checkpoint=PAPER_BACKBONES[preset], dtype="bfloat16",
+                       concurrency=64)  # fmt: skip
     else:
         raise ValueError(
             f"unknown preset {preset!r}: tiny_cpu, smollm2_cpu, {', '.join(PAPER_BACKBONES)}"
