@@ -443,7 +443,9 @@ def summarize(trajectories: Sequence[Trajectory], judge_name: str = "rule") -> d
     if rewards:
         for key in rewards[0].as_dict():
             components[key] = _known_mean([r.as_dict()[key] for r in rewards])
-    task_scores = [r.task if t.answer is not None else 0.0 for t, r in zip(scored, rewards, strict=True)]
+    task_scores = [
+        r.task if t.answer is not None else 0.0 for t, r in zip(scored, rewards, strict=True)
+    ]
     # Failed judge scores are NaN/None: left out of the means and counted instead.
     failures = sum(r.judge_failures for r in rewards)
     failures += sum(t.memory_quality is None for t in scored)

@@ -45,7 +45,6 @@ class OptimConfig:
             )
 
 
-
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
     lr = cfg.learning_rate
     if cfg.schedule == "cosine":

@@ -80,7 +80,6 @@ class PackingConfig:
             raise ValueError(f"max_row_len {self.max_row_len} < min_row_len {self.min_row_len}")
 
 
-
 class PackedBatch(NamedTuple, Generic[A]):
     """One micro-batch; every field is `[rows, row_len]`. A pytree, so it goes straight to jit.
 

@@ -77,7 +77,6 @@ class LossConfig:
             raise ValueError(f"tis_cap={self.tis_cap} must be >= 1")
 
 
-
 # ---------------------------------------------------------------- advantages (host side)
 def group_advantages(
     rewards,

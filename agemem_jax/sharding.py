@@ -50,7 +50,9 @@ class MeshConfig:
     def __post_init__(self):
         for name in (self.sample_rules, self.train_rules):
             if name not in RULE_TABLES:
-                raise ValueError(f"unknown rule table {name!r}; choose one of {sorted(RULE_TABLES)}")
+                raise ValueError(
+                    f"unknown rule table {name!r}; choose one of {sorted(RULE_TABLES)}"
+                )
 
 
 def make_mesh(shape: Sequence[int] = (1, 1, -1), axes: Sequence[str] = MESH_AXES) -> Mesh:

@@ -61,7 +61,6 @@ class UpdateConfig:
             raise ValueError(f"sft_aggregation must be one of {rl_loss.AGGREGATIONS}")
 
 
-
 # ------------------------------------------------------------------ log-probs
 def chunked_logprobs(
     model: Decoder, hidden: Array, targets: Array, chunk: int

@@ -16,12 +16,14 @@ from agemem_jax import config_lib, dataclass_config
 from agemem_jax.dataclass_config import build
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = [
-    ("configs/hotpotqa.py", p) for p in ("synthetic_cpu", "hotpotqa_cpu", "smollm2_cpu")
-] + [
-    ("configs/hotpotqa_grpo.py", p)
-    for p in ("tiny_cpu", "smollm2_cpu", "qwen3_4b_tpu", "qwen25_7b_gpu")
-] + [(f"configs/eval/{b}.py", "oracle") for b in ("alfworld", "sciworld", "babyai", "pddl")]
+PRESETS = (
+    [("configs/hotpotqa.py", p) for p in ("synthetic_cpu", "hotpotqa_cpu", "smollm2_cpu")]
+    + [
+        ("configs/hotpotqa_grpo.py", p)
+        for p in ("tiny_cpu", "smollm2_cpu", "qwen3_4b_tpu", "qwen25_7b_gpu")
+    ]
+    + [(f"configs/eval/{b}.py", "oracle") for b in ("alfworld", "sciworld", "babyai", "pddl")]
+)
 
 
 def _settings():

@@ -102,7 +102,9 @@ def test_extend_matches_full_forward(tiny):
     cuts = [(4, 9), (2, 5), (7, 7)]  # row 2 appends nothing in the second chunk
     got = [[] for _ in seqs]
     for part in (0, 1):
-        chunks = [s[: c[0]] if part == 0 else s[c[0] : c[1]] for s, c in zip(seqs, cuts, strict=True)]
+        chunks = [
+            s[: c[0]] if part == 0 else s[c[0] : c[1]] for s, c in zip(seqs, cuts, strict=True)
+        ]
         t = max(len(c) for c in chunks)
         ids = np.zeros((3, t), np.int32)
         for i, c in enumerate(chunks):

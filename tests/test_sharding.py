@@ -45,7 +45,9 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("shape,scan", [("2,2,2", "0"), ("1,2,4", "1"), ("8,1,1", "0")])
 def test_sharded_forward_matches_unsharded(tmp_path, shape, scan):
     save_tiny_hf("qwen3", tmp_path)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path), shape, scan],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,

@@ -155,11 +155,8 @@ def load(cfg=None, *, mesh: jax.sharding.Mesh | None = None, rules: shd.Rules | 
         remat_policy=cfg.remat_policy,
     )  # fmt: skip
     vocab = cfg.vocab_size or shape.vocab_size or len(tokenizer)
-    shape = dataclasses.replace(
-        shape,
-        vocab_size=vocab,
-        eos_token_id=shape.eos_token_id if shape.eos_token_id is not None else tokenizer.eos_token_id,
-    )
+    eos = tokenizer.eos_token_id if shape.eos_token_id is None else shape.eos_token_id
+    shape = dataclasses.replace(shape, vocab_size=vocab, eos_token_id=eos)
     model = Decoder(shape, rngs=nnx.Rngs(seed))
     if mesh is not None:
         model = shd.shard_module(model, mesh, rules)
