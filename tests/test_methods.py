@@ -132,6 +132,25 @@ def test_training_refuses_prompted_baselines():
         assert methods.require_trainable(name).trainable
 
 
+def test_rag_variant_trains_with_only_its_tools(tmp_path):
+    """`agemem_rag` runs through GRPO: rollouts see the LTM tools only, the update runs."""
+    import numpy as np
+    from conftest import make_tiny_tokenizer
+
+    from agemem_jax import grpo
+
+    make_tiny_tokenizer(128).save_pretrained(tmp_path / "tok")
+    config = from_file("configs/hotpotqa_grpo.py", "tiny_cpu")
+    config.method = "agemem_rag"
+    config.model.update(tokenizer=str(tmp_path / "tok"), vocab_size=128)
+    config.data.limit = 1
+    config.train.update(steps=1, export=False)
+    setup = grpo.build(config)
+    assert tuple(setup.runner.make_env().tools) == T.LTM_TOOLS
+    (metrics,) = grpo.train(config, tmp_path / "run", progress=False)
+    assert np.isfinite(metrics["loss"]) and metrics["step_rows"] > 0
+
+
 def test_tool_grouping_follows_the_spec_table():
     assert T.LTM_TOOLS == (T.ADD, T.UPDATE, T.DELETE)
     assert T.STM_TOOLS == (T.RETRIEVE, T.SUMMARY, T.FILTER)
