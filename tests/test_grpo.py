@@ -146,7 +146,7 @@ def test_tempered_step_with_a_frozen_local_judge(tiny_tok_dir, tmp_path):
     judge_leaves = [np.array(x) for x in jax.tree.leaves(nnx.state(s.judge.model))]
     policy_ids = {id(x) for x in jax.tree.leaves(nnx.state(s.trainer.model))}
     assert not policy_ids & {id(x) for x in jax.tree.leaves(nnx.state(s.judge.model))}
-    m = grpo.grpo_step(s, 0, c)
+    m = grpo.grpo_step(s, 0)
     assert 0.0 < m["is_weight_mean"] and m["is_weight_mean"] != 1.0
     assert 0.0 <= m["is_truncated_fraction"] <= 1.0
     # A random policy seldom answers or stores anything, so the judge may not be asked at all;
