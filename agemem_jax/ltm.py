@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
+from absl import logging
 
 from agemem_jax.encoder import Encoder
 
@@ -469,9 +470,15 @@ class LongTermMemory:
     # -- persistence --------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write to `path` atomically: a complete temp dir is renamed into place."""
+        """Write to `path` atomically: a complete, checksummed temp dir is renamed into place.
+
+        A crash at any instant leaves `path` either at the previous save or at this one. The one
+        non-atomic window, between moving the previous save aside and renaming the new one in,
+        is healed by `load` and by the next `save`: the set-aside previous save is used.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _recover(path)
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -510,11 +517,13 @@ class LongTermMemory:
     def load(cls, path: str | os.PathLike, encoder: Encoder, **kwargs) -> LongTermMemory:
         """Read a saved store; any missing, torn or corrupted part raises `CorruptStore`."""
         path = Path(path)
+        if not (path / "manifest.json").is_file():
+            previous = _set_aside(path)
+            if previous is None:
+                raise CorruptStore(f"{path}: no manifest.json, so not a complete store")
+            logging.warning("%s: a save was interrupted; loading the previous save", path)
+            path = previous
         manifest_file = path / "manifest.json"
-        if not manifest_file.is_file():
-            leftovers = sorted(p.name for p in path.parent.glob(f".{path.name}.old-*"))
-            hint = f" (an interrupted save left {leftovers})" if leftovers else ""
-            raise CorruptStore(f"{path}: no manifest.json, so not a complete store{hint}")
         try:
             manifest = json.loads(manifest_file.read_text())
             if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
@@ -556,6 +565,31 @@ class LongTermMemory:
             store._ids.append(e.id)
             store._post(e, slot, add=True)
         return store
+
+
+def _set_aside(path: Path) -> Path | None:
+    """The previous save an interrupted `save` moved aside, when `path` itself is missing.
+
+    `save` clears stale leftovers before it moves `path` aside, so at most one exists.
+    """
+    if path.exists():
+        return None
+    olds = [p for p in path.parent.glob(f".{path.name}.old-*") if (p / "manifest.json").is_file()]
+    return olds[0] if len(olds) == 1 else None
+
+
+def _recover(path: Path) -> None:
+    """Before a save: put back a previous save an interrupted one moved aside, then drop the
+    leftovers of interrupted saves (torn temp dirs, half-deleted old copies)."""
+    previous = _set_aside(path)
+    if previous is not None:
+        os.rename(previous, path)
+        _fsync_dir(path.parent)
+    for stale in (
+        *path.parent.glob(f".{path.name}.tmp-*"),
+        *path.parent.glob(f".{path.name}.old-*"),
+    ):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

@@ -263,10 +263,20 @@ def test_inconsistent_but_checksummed_store_is_rejected(tmp_path):
         L.LongTermMemory.load(path, ENC)
 
 
-def test_interrupted_replace_is_reported(tmp_path):
-    path = _filled().save(tmp_path / "store")
+def test_interrupted_replace_loads_the_previous_save(tmp_path):
+    store = _filled()
+    path = store.save(tmp_path / "store")
     shutil.move(path, tmp_path / ".store.old-1234abcd")  # crash between the two renames
-    with pytest.raises(L.CorruptStore, match="interrupted save"):
+    (tmp_path / ".store.tmp-5678abcd").mkdir()  # the torn new save, never renamed in
+    back = L.LongTermMemory.load(path, ENC)
+    assert [e.to_json() for e in back.entries()] == [e.to_json() for e in store.entries()]
+    # The next save puts the previous one back first, then replaces it and clears leftovers.
+    store.add("one more")
+    store.save(path)
+    assert len(L.LongTermMemory.load(path, ENC)) == len(store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    shutil.rmtree(path)
+    with pytest.raises(L.CorruptStore, match="no manifest"):
         L.LongTermMemory.load(path, ENC)
 
 
