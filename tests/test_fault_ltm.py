@@ -57,16 +57,16 @@ def _install(ltm, plan: tuple[int, str] | None, log: list[str]) -> None:
     def wrap(name):
         def call(*args, **kwargs):
             log.append(name)
-            hit = plan is not None and plan[0] == len(log) - 1
-            if hit and plan[1] == "before":
+            mode = plan[1] if plan is not None and plan[0] == len(log) - 1 else None
+            if mode == "before":
                 os._exit(137)
-            if hit and plan[1] == "torn":
+            if mode == "torn":
                 path, blob = args
                 with open(path, "wb") as f:
                     f.write(blob[: len(blob) // 2])
                 os._exit(137)
             out = real[name](*args, **kwargs)
-            if hit:
+            if mode == "after":
                 os._exit(137)
             return out
 
