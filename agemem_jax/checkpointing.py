@@ -1,6 +1,9 @@
 """Orbax checkpoints of a training run: params, optimizer state and the host-side loop state.
 
-One `CheckpointManager` under `workdir/checkpoints` keeps the last `keep` steps. Arrays are
+One `CheckpointManager` under `workdir/checkpoints` keeps the last `keep` steps. Orbax writes
+each step into a `<step>.orbax-checkpoint-tmp` directory (asynchronously, off the training
+thread) and renames it into place only once it is complete, so a run killed mid-write leaves a
+temp directory that is never restored (`latest_step` skips it) and is deleted on the next start. Arrays are
 restored straight into their target shardings (the abstract tree carries them), so a run resumes
 on any mesh. The loop state (step, RNG seed, data cursor, optimizer update count) and the config
 ride along as JSON, which is what makes a resumed run continue exactly.
@@ -17,10 +20,17 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-    def __init__(self, workdir: str | os.PathLike, keep: int = 3, save_every: int = 1):
-        self.dir = Path(workdir).absolute() / "checkpoints"
+    def __init__(
+        self, workdir: str | os.PathLike, keep: int = 3, save_every: int = 1,
+        name: str = "checkpoints",
+    ):  # fmt: skip
+        self.dir = Path(workdir).absolute() / name
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=max(1, save_every), create=True
+            max_to_keep=keep,
+            save_interval_steps=max(1, save_every),
+            create=True,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,  # the torn writes of a killed run
         )
         self.manager = ocp.CheckpointManager(self.dir, options=options)
 

@@ -13,6 +13,8 @@ last checkpoint to exactly the same parameters and metrics. SIGTERM (preemption)
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import signal
 import time
 from collections import Counter
@@ -24,7 +26,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from agemem_jax import builders, methods, models, rl_loss
+from agemem_jax import builders, faults, methods, models, rl_loss
 from agemem_jax.chat import ChatFormat
 from agemem_jax.checkpointing import Checkpointer
 from agemem_jax.data import Task
@@ -74,6 +76,8 @@ class SFTConfig:
     steps: int = 0  # SFT updates; 0 = no warm start
     rows_per_step: int = 32  # at least this many step rows: whole expert trajectories are taken
     learning_rate: float = 5e-5  # ours: the warm start moves much further than RL steps do
+    save_every: int = 10  # checkpoint interval in updates (the last one always saves)
+    keep_checkpoints: int = 2  # newest SFT checkpoints kept (workdir/sft_checkpoints)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -212,15 +216,8 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
     t = s.train
     ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, save_every=t.save_every)
     writer = MetricsWriter(workdir)
-    start = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        params, opt_state, loop = ckpt.restore(latest, s.trainer.params, s.trainer.opt_state)
-        s.trainer.params, s.trainer.opt_state = params, opt_state
-        s.trainer.num_updates = int(loop["num_updates"])
-        start = int(loop["step"])
-        writer.truncate_after(start)
-        logging.info("resumed from step %d", start)
+    start = _resume(ckpt, s.trainer)
+    writer.truncate_after(start)  # also when no checkpoint survived: lines past it are redone
     history = []
     bar = tqdm(
         range(start, t.steps), initial=start, total=t.steps, desc="grpo", disable=not progress
@@ -230,6 +227,7 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
             metrics = grpo_step(s, step)
             history.append(metrics)
             writer.write(step + 1, metrics)
+            faults.point("metrics")
             logging.info(
                 "step %d reward %.4f kl %.4g loss %.4g rollout %.1fs update %.1fs",
                 step + 1, metrics["reward_mean"], metrics.get("kl", float("nan")),
@@ -241,15 +239,42 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
                 step + 1, s.trainer.params, s.trainer.opt_state, loop, config.to_dict(),
                 force=preempt.requested or step + 1 == t.steps,
             )  # fmt: skip
+            faults.point("checkpoint")  # the save is still being written in the background
             if preempt.requested:
                 break
     ckpt.close()
     writer.close()
     if t.export and is_main() and s.trainer.num_updates and not preempt.requested:
-        from agemem_jax.models import save_checkpoint
-
-        save_checkpoint(s.trainer.model, s.stack.tokenizer, workdir / "export")
+        export(s.trainer.model, s.stack.tokenizer, workdir / "export")
     return history
+
+
+def _resume(ckpt: Checkpointer, trainer: Trainer) -> int:
+    """Restore the newest complete checkpoint into `trainer`; the step it holds (0: none)."""
+    latest = ckpt.latest_step()
+    if latest is None:
+        return 0
+    params, opt_state, loop = ckpt.restore(latest, trainer.params, trainer.opt_state)
+    trainer.params, trainer.opt_state = params, opt_state
+    trainer.num_updates = int(loop["num_updates"])
+    logging.info("resumed from step %d of %s", int(loop["step"]), ckpt.dir)
+    return int(loop["step"])
+
+
+def export(model, tokenizer, out: Path) -> Path:
+    """Write the HF folder next to `out` and rename it into place, so `out` is never half
+    written: a run killed while exporting leaves the previous export (or none) and a temp
+    folder that the next export replaces."""
+    from agemem_jax.models import save_checkpoint
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tokenizer, tmp)
+    faults.point("export")
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+    return out
 
 
 def grpo_step(s: Setup, step: int) -> dict[str, Any]:
@@ -260,12 +285,14 @@ def grpo_step(s: Setup, step: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     s.stack.set_model(s.trainer.model)
     trajs = s.runner.run(batch, s.stack.policy, group_size=k, seed=step_seed(s.seed, step))
+    faults.point("rollout")
     score(trajs, s.judge, s.runner.cfg, s.reward_cfg)
     rollout_s = time.perf_counter() - t0
     rewards = np.asarray([_total(tr) for tr in trajs], np.float64).reshape(b, k)
     adv = rl_loss.group_advantages(rewards, eps=g.advantage_eps, unknown="zero")
     rows = rows_from(trajs, adv)
     update = s.trainer.step(rows)
+    faults.point("update")
     calls = Counter(c.name for tr in trajs for c in tr.calls())
     out = rollout_metrics(trajs, k)
     out.update(update)
@@ -288,8 +315,6 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
     the rows are exactly what the policy will see and emit in RL. Exports the result as an HF
     folder (`workdir/export`), which the RL config then loads as its checkpoint.
     """
-    from agemem_jax.models import save_checkpoint
-
     methods.require_trainable(config.method)
     workdir = Path(workdir)
     model, tokenizer = models.load(config.model, seed=config.seed)
@@ -306,22 +331,43 @@ def sft(config, workdir: str | Path, progress: bool = True) -> list[dict[str, An
         raise ValueError("the scripted expert produced no steps to learn from")
     sft_cfg = build_block(SFTConfig, config.sft)
     trainer = _trainer(model, config, LossConfig(kl_beta=0.0), sft_cfg.learning_rate)
+    ckpt = Checkpointer(
+        workdir, keep=sft_cfg.keep_checkpoints, save_every=sft_cfg.save_every,
+        name="sft_checkpoints",
+    )  # fmt: skip
+    start = _resume(ckpt, trainer)
     writer = MetricsWriter(workdir, "sft_metrics.jsonl", tensorboard=False)
+    writer.truncate_after(start)
     rng = np.random.default_rng(config.seed)
     order: list[int] = []  # trajectories left in this epoch's shuffled order
-    history = []
-    for step in tqdm(range(sft_cfg.steps), desc="sft", disable=not progress):
+
+    def next_batch() -> list[StepRow]:
+        nonlocal order
         batch: list[StepRow] = []
         while len(batch) < sft_cfg.rows_per_step:
             if not order:
                 order = rng.permutation(len(episodes)).tolist()
             batch += episodes[order.pop()]
-        m = trainer.sft_step(batch)
+        return batch
+
+    for _ in range(start):  # a resumed run replays the batch order up to its checkpoint
+        next_batch()
+    history = []
+    for step in tqdm(range(start, sft_cfg.steps), desc="sft", disable=not progress):
+        m = trainer.sft_step(next_batch())
+        faults.point("update")
         m["step"] = step + 1
         writer.write(step + 1, m)
         history.append(m)
         logging.info("sft step %d loss %.4f", step + 1, m["loss"])
+        loop = {"step": step + 1, "num_updates": trainer.num_updates}
+        ckpt.save(
+            step + 1, trainer.params, trainer.opt_state, loop, config.to_dict(),
+            force=step + 1 == sft_cfg.steps,
+        )  # fmt: skip
+        faults.point("checkpoint")
+    ckpt.close()
     writer.close()
     if is_main():
-        save_checkpoint(trainer.model, tokenizer, workdir / "export")
+        export(trainer.model, tokenizer, workdir / "export")
     return history

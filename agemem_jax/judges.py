@@ -33,9 +33,9 @@ import http.client
 import json
 import os
 import re
+import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -81,6 +81,9 @@ class JudgeConfig:
     model: str = ""  # http: the model name the endpoint serves
     api_key_env: str = "OPENAI_API_KEY"  # http: env var holding the key; unset = no auth header
     timeout: float = 30.0  # http: deadline in seconds of each attempt (connect and read)
+    # http: wall-clock bound on one request, retries and waits included; a server that drips
+    # bytes or asks to Retry-After past it fails the request instead of stalling the run
+    deadline: float = 120.0
     max_retries: int = 3  # http: extra attempts after a connection error, timeout, 429 or 5xx
     backoff: float = 0.5  # http: first retry delay in seconds, doubled per attempt
     max_backoff: float = 8.0  # http: cap on one retry delay
@@ -99,6 +102,8 @@ class JudgeConfig:
             )
         if self.timeout <= 0 or self.max_retries < 0 or self.concurrency < 1:
             raise JudgeError("judge: need timeout > 0, max_retries >= 0, concurrency >= 1")
+        if self.deadline <= 0:
+            raise JudgeError(f"judge.deadline={self.deadline} must be > 0")
         if self.backoff < 0 or self.max_backoff < 0 or self.temperature < 0:
             raise JudgeError("judge: backoff, max_backoff and temperature must be >= 0")
         if self.max_tokens < 1:
@@ -361,10 +366,13 @@ class HttpJudge(LLMJudge):
 
     POSTs `{base_url}/chat/completions`. The key is read from the environment variable named
     `api_key_env` (no header when it is unset, as local servers need none). Connection errors,
-    timeouts, HTTP 429 and 5xx are retried `max_retries` times with exponential backoff; other
-    4xx fail at once, whatever `on_failure` says (a refused request is a config error that no
-    retry heals). Every attempt has the `timeout` deadline, so a call takes at most about
-    (max_retries + 1) · (timeout + max_backoff) per request. The first hard failure marks the
+    timeouts, HTTP 429 and 5xx, and replies that are not a chat completion (garbage, truncated
+    JSON) are retried `max_retries` times with exponential backoff, or after the server's
+    `Retry-After`; other 4xx fail at once, whatever `on_failure` says (a refused request is a
+    config error that no retry heals). Each attempt's socket operations time out after
+    `timeout`, and the whole request, retries and waits included, after `deadline` seconds of
+    wall clock: a watchdog shuts the socket, so a server that drips one byte at a time cannot
+    hold a call past it. Replies are read up to `MAX_REPLY_BYTES`. The first hard failure marks the
     endpoint dead for the rest of the batch, so it stops with one message instead of waiting
     out every remaining request. With `on_failure="raise"` that message is raised and later
     calls fail at once; with `"count"` the batch's unanswered requests come back as None and
@@ -382,6 +390,7 @@ class HttpJudge(LLMJudge):
         *,
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 30.0,
+        deadline: float = 120.0,
         max_retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
@@ -394,20 +403,27 @@ class HttpJudge(LLMJudge):
         super().__init__()
         if not base_url or not model:
             raise JudgeError("the http judge needs `base_url` and `model`")
-        if timeout <= 0 or max_retries < 0 or concurrency < 1:
-            raise JudgeError("http judge: need timeout > 0, max_retries >= 0, concurrency >= 1")
+        if timeout <= 0 or deadline <= 0 or max_retries < 0 or concurrency < 1:
+            raise JudgeError(
+                "http judge: need timeout > 0, deadline > 0, max_retries >= 0, concurrency >= 1"
+            )
         if on_failure not in FAILURE_POLICIES:
             raise JudgeError(f"on_failure={on_failure!r}; choose one of {list(FAILURE_POLICIES)}")
         self.on_failure = on_failure
         self.url = base_url.rstrip("/") + "/chat/completions"
+        u = urllib.parse.urlsplit(self.url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise JudgeError(f"judge.base_url={base_url!r} is not an http(s) URL")
         # A server on this machine is never reached through a proxy from the environment.
-        host = urllib.parse.urlsplit(self.url).hostname or ""
+        host = u.hostname
         local = host == "localhost" or host == "::1" or host.startswith("127.")
-        self._opener = urllib.request.build_opener(
-            *([urllib.request.ProxyHandler({})] if local else [])
-        )
+        proxy = None if local else urllib.request.getproxies().get(u.scheme)
+        if proxy and urllib.request.proxy_bypass(host):
+            proxy = None
+        self._route = _Route(u, urllib.parse.urlsplit(proxy) if proxy else None)
         self.model, self.api_key_env = model, api_key_env
-        self.timeout, self.max_retries = float(timeout), int(max_retries)
+        self.timeout, self.deadline = float(timeout), float(deadline)
+        self.max_retries = int(max_retries)
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
         self.concurrency = int(concurrency)
         self.temperature, self.max_tokens = float(temperature), int(max_tokens)
@@ -453,39 +469,49 @@ class HttpJudge(LLMJudge):
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        last = ""
+        deadline = time.monotonic() + self.deadline
+        last, wait, attempts = "", 0.0, 0
         for attempt in range(self.max_retries + 1):
             self._raise_if_dead()
             if attempt:
+                wait = wait or min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                if time.monotonic() + wait >= deadline:
+                    last += f"; no time left to retry within the {self.deadline:g}s deadline"
+                    break
                 self.stats["retries"] += 1
-                time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+                time.sleep(wait)
+            attempts, wait = attempts + 1, 0.0
             try:
-                with self._slots, self._opener.open(request, timeout=self.timeout) as resp:
-                    payload = resp.read()
+                with self._slots:
+                    status, reply_headers, payload = self._route.post(
+                        data, headers, self.timeout, deadline
+                    )
                 self.stats["requests"] += 1
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:200].decode(errors="replace")
-                last = f"HTTP {e.code} {detail!r}"
-                if e.code == 429 or e.code >= 500:
-                    continue
+            except (http.client.HTTPException, OSError, _ReplyTooLarge) as e:
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if status == 429 or status >= 500:
+                last = f"HTTP {status} {payload[:200].decode(errors='replace')!r}"
+                wait = _retry_after(reply_headers.get("Retry-After"))
+                continue
+            if status >= 300:
+                last = f"HTTP {status} {payload[:200].decode(errors='replace')!r}"
                 raise self._fail(
                     f"judge endpoint {self.url} rejected the request: {last}", JudgeError
-                ) from e
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"{type(reason).__name__}: {reason}"
-                continue
+                )
             try:
                 content = json.loads(payload)["choices"][0]["message"]["content"]
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-                raise self._fail(
-                    f"judge endpoint {self.url} sent no chat completion: {payload[:200]!r}"
-                ) from e
+                if content is not None and not isinstance(content, str):
+                    raise TypeError(f"content is a {type(content).__name__}")
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError,
+                    TypeError) as e:  # fmt: skip
+                self.stats["bad_replies"] += 1
+                last = f"sent no chat completion ({type(e).__name__}): {payload[:200]!r}"
+                continue
             return content or ""
         raise self._fail(
-            f"judge endpoint {self.url} unreachable after {self.max_retries + 1} attempts "
-            f"(timeout {self.timeout:g}s each); last error: {last}"
+            f"judge endpoint {self.url} unreachable after {attempts} attempts "
+            f"(timeout {self.timeout:g}s each) in a {self.deadline:g}s deadline; last error: {last}"
         )
 
     def _complete(self, prompts):
@@ -521,6 +547,88 @@ class HttpJudge(LLMJudge):
                     f.write(json.dumps({"key": key, "reply": reply}) + "\n")
 
 
+MAX_REPLY_BYTES = 1 << 20  # a judge reply is one number; more than this is not a reply
+
+
+class _ReplyTooLarge(Exception):
+    pass
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date); 0 if none."""
+    if not value:
+        return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+
+
+class _Route:
+    """One POST to the endpoint, directly or through the environment's proxy, with a wall-clock
+    deadline that no slow server can stretch: a watchdog timer shuts the socket down at the
+    deadline, which wakes a blocked connect or read at once."""
+
+    def __init__(self, url: urllib.parse.SplitResult, proxy: urllib.parse.SplitResult | None):
+        self.url, self.proxy = url, proxy
+
+    def post(self, body: bytes, headers: dict[str, str], timeout: float, deadline: float):
+        """(status, headers, body) of one attempt; raises OSError subclasses on failure."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request deadline passed")
+        u, p = self.url, self.proxy
+        target = u.path + (f"?{u.query}" if u.query else "")
+        via = p or u
+        cls = http.client.HTTPSConnection if via.scheme == "https" else http.client.HTTPConnection
+        conn = cls(via.hostname or "", via.port, timeout=min(timeout, remaining))
+        if p is not None and u.scheme == "https":
+            conn.set_tunnel(u.hostname or "", u.port)
+        elif p is not None:
+            target = urllib.parse.urlunsplit(u)
+        fired = threading.Event()
+
+        def abort():
+            fired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(remaining, abort)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.request("POST", target, body=body, headers=headers)
+            resp = conn.getresponse()
+            chunks, size = [], 0
+            while chunk := resp.read1(65536):
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise _ReplyTooLarge(f"reply longer than {MAX_REPLY_BYTES} bytes")
+                chunks.append(chunk)
+                if fired.is_set():
+                    break
+            if fired.is_set() or time.monotonic() >= deadline:
+                raise TimeoutError(f"no complete reply within the deadline ({size} bytes read)")
+            return resp.status, resp.headers, b"".join(chunks)
+        except OSError:
+            if fired.is_set():
+                raise TimeoutError("no complete reply within the deadline") from None
+            raise
+        finally:
+            watchdog.cancel()
+            conn.close()
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -549,6 +657,7 @@ def make_judge(
         c.model,
         api_key_env=c.api_key_env,
         timeout=c.timeout,
+        deadline=c.deadline,
         max_retries=c.max_retries,
         backoff=c.backoff,
         max_backoff=c.max_backoff,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,22 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, skip_torn: bool = False) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; with `skip_torn`, lines a killed writer left half-written
+    are dropped instead of raising."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in p.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not skip_torn:
+                raise
+    return rows
 
 
 class MetricsWriter:
@@ -45,11 +57,21 @@ class MetricsWriter:
                 self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines of steps the checkpoint does not cover (they will be redone)."""
+        """On (re)start, keep one line per step up to `step`, the restored one: later lines and a
+        torn last line are from a killed run and will be redone. Replaced atomically, so a kill
+        here loses nothing either."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        rows: dict[int, dict[str, Any]] = {}
+        for r in read_jsonl(self.path, skip_torn=True):
+            if isinstance(r.get("step"), int) and r["step"] <= step:
+                rows[r["step"]] = r
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(rows[k]) + "\n" for k in sorted(rows)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

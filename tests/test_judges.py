@@ -442,7 +442,9 @@ def test_make_judge():
     # One config block carries every judge's settings; each kind takes its own.
     assert isinstance(make_judge({"kind": "rule", "base_url": "x", "timeout": 1}), RuleJudge)
     assert isinstance(make_judge("local", generate=lambda p: ["1"] * len(p)), LocalJudge)
-    assert make_judge(JudgeConfig("http", base_url="u", model="m", on_failure="count")).on_failure
+    assert make_judge(
+        JudgeConfig("http", base_url="http://judge.internal/v1", model="m", on_failure="count")
+    ).on_failure
     with pytest.raises(JudgeError, match="unknown judge 'gpt'"):
         make_judge("gpt")
     with pytest.raises(JudgeError, match=r"unknown setting\(s\) \['timout'\]"):
