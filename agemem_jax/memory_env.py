@@ -63,7 +63,11 @@ class MemoryEnvConfig:
     require_seen_id: bool = True
     # Lenient rule (ours, off by default): ids returned by Add_memory count as seen too.
     added_ids_are_seen: bool = False
-    max_entries: int | None = None  # LTM capacity; None = unbounded
+    max_entries: int | None = 10_000  # LTM capacity (StoreFull past it); None = unbounded
+    # Bounds on what one Add/Update may store, so model output cannot grow memory without limit
+    # even when a caller skips the protocol's turn-size limits.
+    max_content_chars: int = 4_096  # one entry's content
+    max_metadata_chars: int = 2_048  # one entry's metadata, serialized as JSON
     default_memory_type: str = "general"  # Add_memory's memory_type when the call gives none
     summary_role: str = "user"  # role of the message a Summary_context writes
     seed: int = 0  # memory id RNG
@@ -404,6 +408,7 @@ class MemoryEnv:
             args, problem = T.validate_arguments(spec, arguments)
             if problem is not None:
                 raise _CallError(*problem)
+            self._check_sizes(name, args)
             fields = self._dispatch(name, args)
         except (_CallError, LTMError, ContextError) as e:
             code = e.code if isinstance(e, _CallError) else _error_code(e)
@@ -447,6 +452,28 @@ class MemoryEnv:
             removed = self.stm.filter(a["criteria"], keep=self._turn)
             return {"removed_messages": len(removed), "context_tokens": self.stm.prompt_tokens}
         raise _CallError("unknown_tool", f"no handler for {name!r}")  # unreachable by design
+
+    def _check_sizes(self, name: str, args: Mapping[str, Any]) -> None:
+        cfg = self.config
+        content = args.get("content")
+        if isinstance(content, str) and len(content) > cfg.max_content_chars:
+            raise _CallError(
+                "limit", f"{name}: content has {len(content)} characters; "
+                f"the limit is {cfg.max_content_chars}",
+            )  # fmt: skip
+        for key in ("metadata", "metadata_filter"):
+            value = args.get(key)
+            if value is None:
+                continue
+            try:
+                size = len(json.dumps(value, ensure_ascii=False))
+            except (TypeError, ValueError, RecursionError):
+                raise _CallError("bad_args", f"{name}: {key} is not plain JSON") from None
+            if size > cfg.max_metadata_chars:
+                raise _CallError(
+                    "limit", f"{name}: {key} has {size} characters of JSON; "
+                    f"the limit is {cfg.max_metadata_chars}",
+                )  # fmt: skip
 
     def _check_id(self, memory_id: str) -> None:
         if memory_id not in self.ltm:

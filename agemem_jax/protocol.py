@@ -23,6 +23,9 @@ ACTIONS = ("tool_call", "answer")
 # Violations that are limit overruns rather than format mistakes.
 LIMIT_VIOLATIONS = frozenset({"turn_too_long", "too_many_calls", "arguments_too_large"})
 _SPACE = re.compile(r"\s*")
+# A UTF-16 surrogate alone is a valid Python str character but no valid UTF-8: tokenizers and
+# JSON writers downstream reject it, so it never leaves the parser.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,17 @@ def _depth(obj: Any, limit: int) -> int:
     return deepest
 
 
+def _without_surrogates(obj: Any) -> Any:
+    """`obj` with lone surrogates in its strings (keys included) replaced by U+FFFD."""
+    if isinstance(obj, str):
+        return _SURROGATE.sub("\ufffd", obj)
+    if isinstance(obj, list):
+        return [_without_surrogates(x) for x in obj]
+    if isinstance(obj, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in obj.items()}
+    return obj
+
+
 def parse_turn(text: str, limits: ProtocolLimits | None = None) -> Turn:
     """Parse one model turn. Never raises on any string; see `Turn` for the result."""
     limits = limits or ProtocolLimits()
@@ -102,7 +116,7 @@ def parse_turn(text: str, limits: ProtocolLimits | None = None) -> Turn:
             "turn_too_long",
             f"the turn has {len(text)} characters; the limit is {limits.max_turn_chars}",
         )
-    s = text.strip()
+    s = _SURROGATE.sub("\ufffd", text).strip()
     stripped = True
     while stripped:
         stripped = False
@@ -167,6 +181,8 @@ def _parse_calls(payload: str, limits: ProtocolLimits, think: str) -> Turn:
             f"<tool_call> JSON is nested deeper than {limits.max_json_depth} levels",
             think,
         )
+    if "\\u" in payload:  # an escape may have decoded to a lone surrogate
+        calls = _without_surrogates(calls)
     if isinstance(calls, dict):
         if not limits.accept_bare_object:
             return _invalid(
