@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from absl import app, flags, logging
 
-# Errors that describe the user's input (config, flags, files, endpoints), not a bug of ours.
-# All of them are ValueError/RuntimeError subclasses with a message that names the culprit.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+# Errors that describe the user's input (config, flags, files, endpoints) or the machine (a
+# full disk, a read-only folder), not a bug of ours; each message names the culprit.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -40,6 +43,37 @@ def required(holder: flags.FlagHolder):
     return holder.value
 
 
+def workdir(path: str | os.PathLike) -> Path:
+    """`path`, created if needed and proven writable before any work starts, so an unusable
+    workdir is one clear error instead of a crash after the model has loaded."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        raise ValueError(f"--workdir={path} is not a writable folder ({e.strerror or e})") from None
+    return p
+
+
+def _one_line(message: str) -> str:
+    """A flag error's gist: ml_collections embeds the config file's traceback in its message."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    errors = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
+    return errors[-1] if errors else lines[-1]
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or config file reported as one `error:` line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: bad flag: {_one_line(str(e))}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)`, with user errors reported as `error: ...` and exit status 2."""
 
@@ -56,7 +90,7 @@ def run(main: Callable[[list[str]], None]) -> None:
             sys.exit(2)
 
     try:
-        app.run(guarded)
+        app.run(guarded, flags_parser=_parse_flags)
     except (AttributeError, KeyError) as e:
         if started:  # raised by our code, not by flag parsing: a bug, keep the traceback
             raise

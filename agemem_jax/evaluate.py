@@ -68,9 +68,9 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
     from agemem_jax.env_episodes import summarize as env_summarize
 
     out_dir = Path(workdir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     policy, chat, complete = load_policy_stack(config)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after loading: a bad checkpoint writes nothing
     summarize_fn = builders.summarizer(config.summarizer, complete)
     make_memory = builders.env_factory(
         chat, config.memory, config.encoder, summarize_fn, config.method
@@ -104,10 +104,10 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
 
 def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     out_dir = Path(workdir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     judge = builders.judge(config.judge)  # first: a bad judge config fails before the model loads
     policy, chat, complete = load_policy_stack(config)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after loading: a bad checkpoint writes nothing
     summarize_fn = builders.summarizer(config.summarizer, complete)
     runner = builders.runner(chat, config, summarize_fn)
     tasks = builders.tasks(config.data, runner.cfg)

@@ -91,8 +91,8 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    wd = cli.workdir(_WORKDIR.value)
     distributed.initialize(config.get("multihost"))
-    wd = Path(_WORKDIR.value)
     t0 = time.time()
     seconds = {}
 

@@ -26,8 +26,9 @@ def main(argv):
     config = _CONFIG.value
     if cli.printed_config(config):
         return
+    workdir = cli.workdir(cli.required(_WORKDIR))
     distributed.initialize(config.get("multihost"))
-    metrics = evaluate(config, cli.required(_WORKDIR))
+    metrics = evaluate(config, workdir)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
 
 

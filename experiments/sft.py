@@ -22,8 +22,9 @@ def main(argv):
     config = _CONFIG.value
     if cli.printed_config(config):
         return
+    workdir = cli.workdir(cli.required(_WORKDIR))
     distributed.initialize(config.get("multihost"))
-    grpo.sft(config, cli.required(_WORKDIR))
+    grpo.sft(config, workdir)
 
 
 if __name__ == "__main__":
