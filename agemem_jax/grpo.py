@@ -12,6 +12,7 @@ last checkpoint to exactly the same parameters and metrics. SIGTERM (preemption)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -222,7 +223,9 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
     bar = tqdm(
         range(start, t.steps), initial=start, total=t.steps, desc="grpo", disable=not progress
     )
-    with _Preemption() as preempt:
+    # On an exception too (a judge that stops answering, say), the checkpoint being written
+    # finishes, so the run resumes from it.
+    with _Preemption() as preempt, _closing(ckpt, writer):
         for step in bar:
             metrics = grpo_step(s, step)
             history.append(metrics)
@@ -242,11 +245,18 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
             faults.point("checkpoint")  # the save is still being written in the background
             if preempt.requested:
                 break
-    ckpt.close()
-    writer.close()
     if t.export and is_main() and s.trainer.num_updates and not preempt.requested:
         export(s.trainer.model, s.stack.tokenizer, workdir / "export")
     return history
+
+
+@contextlib.contextmanager
+def _closing(*resources):
+    try:
+        yield
+    finally:
+        for r in resources:
+            r.close()
 
 
 def _resume(ckpt: Checkpointer, trainer: Trainer) -> int:

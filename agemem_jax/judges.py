@@ -620,8 +620,8 @@ class _Route:
             if fired.is_set() or time.monotonic() >= deadline:
                 raise TimeoutError(f"no complete reply within the deadline ({size} bytes read)")
             return resp.status, resp.headers, b"".join(chunks)
-        except OSError:
-            if fired.is_set():
+        except (OSError, http.client.HTTPException):
+            if fired.is_set():  # the watchdog cut the socket mid-reply: a timeout, whatever broke
                 raise TimeoutError("no complete reply within the deadline") from None
             raise
         finally:

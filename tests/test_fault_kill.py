@@ -111,6 +111,7 @@ def _until_done(cmd, kills: list[dict]) -> list[int]:
     return codes
 
 
+@pytest.mark.timeout(1800)
 def test_grpo_killed_at_fixed_points_resumes_exactly(tok_dir, tmp_path):
     steps = 2
     ref = tmp_path / "ref"
@@ -124,6 +125,7 @@ def test_grpo_killed_at_fixed_points_resumes_exactly(tok_dir, tmp_path):
     _check_resumed(ref, run, "metrics.jsonl", "checkpoints", steps)
 
 
+@pytest.mark.timeout(1800)
 def test_sft_killed_at_fixed_points_resumes_exactly(tok_dir, tmp_path):
     steps = 3
     ref = tmp_path / "ref"
@@ -161,10 +163,12 @@ def _ten_kills(entry: str, points, tok_dir: Path, tmp_path: Path, steps: int, se
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_grpo_ten_random_kills(tok_dir, tmp_path):
     _ten_kills("train", POINTS, tok_dir, tmp_path, steps=3, seed=0)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_sft_ten_random_kills(tok_dir, tmp_path):
-    _ten_kills("sft", SFT_POINTS, tok_dir, tmp_path, steps=4, seed=1)
+    _ten_kills("sft", SFT_POINTS, tok_dir, tmp_path, steps=3, seed=1)
