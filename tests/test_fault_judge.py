@@ -263,7 +263,8 @@ def test_a_step_scored_by_a_failing_judge_counts_every_failure(tmp_path):
               builders.reward_config(c.reward))  # fmt: skip
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow  # two tiny training runs: minutes on a loaded 2-core machine
+@pytest.mark.timeout(1800)
 def test_training_stopped_by_the_judge_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
     """A judge error in step 2 ends `train` with that error; checkpoint 1 is complete, the
     metrics hold step 1 only, and the next run resumes at step 2 and finishes."""
