@@ -153,7 +153,7 @@ def _reward_table(reward: dict[str, Any] | None) -> str:
         return "<p class='muted'>no reward recorded</p>"
     head = "".join(f"<th>{_e(k)}</th>" for k in (*REWARD_PARTS, *REWARD_SUMS))
     row = "".join(f"<td>{_num(reward.get(k))}</td>" for k in (*REWARD_PARTS, *REWARD_SUMS))
-    return f"<table class='reward'><tr>{head}</tr><tr>{row}</tr></table>"
+    return f"<div class='scroll'><table class='reward'><tr>{head}</tr><tr>{row}</tr></table></div>"
 
 
 def _episode(ep: dict[str, Any], run: dict[str, Any], idx: int) -> str:
@@ -225,7 +225,7 @@ pre{white-space:pre-wrap;word-break:break-word;font-size:11px;margin:.2em 0;back
 table.reward{border-collapse:collapse;font-size:11px;margin:.3em 0}
 table.reward td,table.reward th{border:1px solid #ccc;padding:1px 5px;text-align:right}
 #compare{display:none;gap:1em}#compare.on{display:flex}#compare>div{flex:1;min-width:0}
-.hidden{display:none}
+.hidden{display:none}.scroll{overflow-x:auto}
 """
 
 _JS = """
