@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from agemem_jax import methods
 from agemem_jax import tools as T
 from agemem_jax.metrics_log import read_jsonl
 
@@ -298,23 +299,33 @@ def _tool_calls(name: str) -> Callable[[RunInfo], Any]:
     return get
 
 
+def _method_tools(method: str) -> tuple[str, ...]:
+    """The agent tools of a method of the harness; every tool for a method it does not know."""
+    try:
+        return methods.method_spec(method).tools
+    except ValueError:
+        return tuple(TOOL_LABELS)
+
+
 def table3(runs: Sequence[RunInfo], paper: dict[str, Any]) -> list[Table]:
     """Tool calls per HotpotQA episode: each training of a method side by side (noRL, GRPO)."""
     hp = [r for r in runs if r.eval and r.bench == "hotpotqa"]
     tables = []
-    for (backbone, method), group in sorted(
-        _groups(hp, lambda r: (r.backbone, r.method)).items()
-    ):
+    for (backbone, method), group in sorted(_groups(hp, lambda r: (r.backbone, r.method)).items()):
         pb = paper_backbone(backbone, paper)
         calls = paper["tool_calls_hotpotqa"].get(pb, {}) if pb and method == "agemem" else {}
         by_training = sorted(_groups(group, lambda r: (r.training, r.reward or "")).items())
         cols = ["tool"] + [" · ".join(x for x in k if x) for k, _ in by_training]
         cols += [f"paper {k} ({pb})" for k in calls]
+        has = _method_tools(method)
         rows = []
         for name in [*TOOL_LABELS, "total"]:
             line = [Cell(text=TOOL_LABELS.get(name, "total"))]
-            line += [_mean_cell(rr, _tool_calls(name), "{:.2f}", lambda r: r.eval_file)
-                     for _, rr in by_training]  # fmt: skip
+            if name != "total" and name not in has:  # not a tool of this method: no count
+                line += [Cell() for _ in by_training]
+            else:
+                line += [_mean_cell(rr, _tool_calls(name), "{:.2f}", lambda r: r.eval_file)
+                         for _, rr in by_training]  # fmt: skip
             line += [Cell(calls[k].get(name), fmt="{:.2f}") for k in calls]
             rows.append(line)
         if not any(k[0] == "noRL" for k, _ in by_training):
@@ -421,6 +432,7 @@ def _bars(runs: Sequence[RunInfo], key: str, fig_key: str, title: str, ylabel: s
 def fig5(runs: Sequence[RunInfo]) -> Figure:
     """Mean reward over GRPO steps, ± std across the runs of each (reward, method)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -438,8 +450,7 @@ def fig5(runs: Sequence[RunInfo]) -> Figure:
         steps = sorted({s for d in series for s in d})
         mean, std = [], []
         for s in steps:
-            v = [float(d[s]) for d in series if isinstance(d.get(s), int | float)]
-            v = [x for x in v if math.isfinite(x)]
+            v = [x for d in series if isinstance(x := d.get(s), int | float) and math.isfinite(x)]
             mean.append(np.mean(v) if v else np.nan)
             std.append(np.std(v) if v else np.nan)
         m, sd = np.asarray(mean), np.asarray(std)
@@ -447,6 +458,7 @@ def fig5(runs: Sequence[RunInfo]) -> Figure:
                           label=f"{reward} · {method} ({backbone}, {len(rr)} run(s))")  # fmt: skip
         ax.fill_between(steps, m - sd, m + sd, alpha=0.2, color=line.get_color())
         links += [(r.name, r.train_file) for r in rr]
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
     ax.legend(fontsize=7)

@@ -16,18 +16,19 @@ makes a sweep resumable. `launch/sweep.py` runs them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib.util
 import itertools
 import json
 import re
 import shlex
+import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import ml_collections as mlc
 
 from agemem_jax import config_lib, methods
 from agemem_jax.metrics_log import read_jsonl
@@ -146,9 +147,7 @@ def method_axis(names: Iterable[str]) -> list[Point]:
 
 def benchmark_axis(names: Iterable[str], preset: str) -> list[Point]:
     """Each benchmark's evaluation config (`configs/eval/<bench>.py:<preset>`)."""
-    return [
-        Point(tags=(("bench", b),), eval_config=f"configs/eval/{b}.py:{preset}") for b in names
-    ]
+    return [Point(tags=(("bench", b),), eval_config=f"configs/eval/{b}.py:{preset}") for b in names]
 
 
 def group_sizes(ks: Sequence[int]) -> list[Point]:
@@ -249,14 +248,15 @@ def _flags(overrides: Mapping[str, Any]) -> list[str]:
     return [f"--config.{k}={flag_value(v)}" for k, v in overrides.items()]
 
 
-def _check(config_arg: str, overrides: Mapping[str, Any], what: str) -> mlc.ConfigDict:
-    """The stage's config with its overrides applied: an unknown key or a value of the wrong
-    type fails here, before anything runs, with the run and the key named."""
+def _check(config_arg: str, overrides: Mapping[str, Any], what: str) -> Any:
+    """The stage's ml_collections config (Any: its attributes are dynamic) with the overrides
+    applied. An unknown key or a value of the wrong type fails here, before anything runs,
+    with the run and the key named."""
     path, _, preset = config_arg.partition(":")
     cfg = config_lib.from_file(path, preset or None)
     for key, value in overrides.items():
         node, *parents = key.split(".")[::-1]
-        holder = cfg
+        holder: Any = cfg
         for part in reversed(parents):
             if part not in holder:
                 raise ValueError(f"{what}: no config key {key!r} in {config_arg}")
@@ -306,9 +306,7 @@ def expand(sweep_def: Sweep, root: str | Path, python: str = sys.executable) -> 
                 over |= {"model.checkpoint": f"{workdir}/export", "model.random": ""}
             _check(eval_cfg, over, f"run {name} (eval)")
             argv = (python, EVAL_ENTRY, f"--config={eval_cfg}", f"--workdir={workdir}")
-            stages.append(
-                Stage("eval", argv + tuple(_flags(over)), f"{workdir}/eval/metrics.json")
-            )
+            stages.append(Stage("eval", argv + tuple(_flags(over)), f"{workdir}/eval/metrics.json"))
         runs.append(Run(name, workdir, point.tags, overrides, tuple(stages)))
     return runs
 
@@ -330,3 +328,187 @@ def load(path: str | Path, arg: str | None = None) -> Sweep:
     if not isinstance(out, Sweep):
         raise ValueError(f"{path}: get_sweep() returned {type(out).__name__}, not a Sweep")
     return out
+
+
+# --------------------------------------------------------------------------- launching
+def write_meta(sweep_name: str, runs: list[Run], root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        Path(r.workdir).mkdir(parents=True, exist_ok=True)
+        (Path(r.workdir) / "run.json").write_text(json.dumps(r.to_json(sweep_name), indent=2))
+    index = {"sweep": sweep_name, "runs": [r.to_json(sweep_name) for r in runs]}
+    (root / "sweep.json").write_text(json.dumps(index, indent=2))
+
+
+def run_local(run: Run, retries: int, nice: int) -> tuple[str, float, str]:
+    """(status, seconds, note): runs the stages not yet done; retries the chain on failure."""
+    t0 = time.time()
+    log = Path(run.workdir) / "run.log"
+    note = ""
+    for attempt in range(retries + 1):
+        failed = None
+        for stage in run.stages:
+            if stage.done():
+                continue
+            argv = list(stage.argv)
+            if nice:
+                argv = ["nice", "-n", str(nice), *argv]
+            with open(log, "a") as f:
+                f.write(f"\n$ {shlex.join(argv)}  # attempt {attempt + 1}\n")
+                f.flush()
+                rc = subprocess.run(
+                    argv, cwd=config_lib.ROOT, stdout=f, stderr=subprocess.STDOUT
+                ).returncode
+            if rc != 0 or not stage.done():
+                failed = f"{stage.kind} exit {rc}" if rc else f"{stage.kind} left no metrics"
+                break
+        if failed is None:
+            return ("done" if attempt == 0 else "done (retried)"), time.time() - t0, note
+        note = failed
+    return "failed", time.time() - t0, f"{note}; see {log}"
+
+
+def summary_numbers(run: Run) -> dict[str, str]:
+    """A few numbers for the summary table, from the run's metrics files."""
+    out = {}
+    ev = Path(run.workdir) / "eval" / "metrics.json"
+    if ev.is_file():
+        m = json.loads(ev.read_text())
+        for key, label in (("judge_score", "J"), ("memory_quality", "MQ"), ("tool_calls", "TC"),
+                           ("prompt_tokens", "TN"), ("success_rate", "SR"),
+                           ("progress_rate", "PR")):  # fmt: skip
+            if isinstance(m.get(key), int | float):
+                out[label] = f"{m[key]:.3g}"
+    rows = read_jsonl(Path(run.workdir) / "metrics.jsonl")
+    if rows:
+        out["reward(last step)"] = f"{rows[-1].get('reward_mean', float('nan')):.3g}"
+    return out
+
+
+def format_table(rows: list[dict[str, str]]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    widths = {c: max(len(c), *(len(r.get(c, "—")) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(r.get(c, "—").ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def slurm_script(runs: list[Run], root: Path) -> Path:
+    """An sbatch array script: task i runs run i's stages unless its metrics mark them done."""
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# {len(runs)} runs: sbatch --array=0-{len(runs) - 1} {root / 'slurm_array.sbatch'}",
+        "#SBATCH --job-name=agemem-sweep",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --output=%x-%A_%a.out",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(config_lib.ROOT))}",
+        'case "$SLURM_ARRAY_TASK_ID" in',
+    ]
+    for i, r in enumerate(runs):
+        lines.append(f"  {i})  # {r.name}")
+        lines += [f"    {guarded(s)}" for s in r.stages]
+        lines.append("    ;;")
+    lines += ['  *) echo "no run $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
+    path = root / "slurm_array.sbatch"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def guarded(stage: Stage) -> str:
+    """The stage's command, skipped when its metrics file exists (eval), resumed (train)."""
+    if stage.kind == "eval":
+        return f"test -f {shlex.quote(stage.done_file)} || {stage.shell()}"
+    return stage.shell()  # training resumes from its checkpoint and stops at its last step
+
+
+def tpu_script(runs: list[Run], root: Path) -> Path:
+    """One pod runs one job at a time: the runs one after another through launch/tpu_pod.sh."""
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# {len(runs)} runs on one pod slice: TPU_NAME=... ZONE=... bash {root / 'tpu_pod.sh'}",
+        "# (run `launch/tpu_pod.sh $TPU_NAME $ZONE setup` once first; --dir must be on GCS)",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(config_lib.ROOT))}",
+        ': "${TPU_NAME:?}" "${ZONE:?}"',
+    ]
+    for r in runs:
+        lines.append(f"# {r.name}")
+        for s in r.stages:
+            entry_and_flags = shlex.join(s.argv[1:])  # the pod uses its own .venv python
+            lines.append(f'launch/tpu_pod.sh "$TPU_NAME" "$ZONE" run {entry_and_flags}')
+    path = root / "tpu_pod.sh"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def launch(
+    definition: Sweep,
+    root: str | Path,
+    *,
+    mode: str = "local",
+    parallel: int = 1,
+    retries: int = 1,
+    nice: int = 0,
+    dry_run: bool = False,
+    only: str = "",
+    python: str = sys.executable,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Expand and run (or print, or script) a sweep; returns the exit status (1: a run failed).
+
+    Local runs go `parallel` at a time; a run whose metrics mark it done is skipped; a failed
+    run is retried `retries` times, then reported. `mode` "slurm"/"tpu" writes the cluster
+    script instead. Ends with a summary table.
+    """
+    if parallel < 1 or retries < 0:
+        raise ValueError("parallel must be >= 1 and retries >= 0")
+    if mode not in ("local", "slurm", "tpu"):
+        raise ValueError(f"mode must be local, slurm or tpu, got {mode!r}")
+    root = Path(root).absolute()
+    runs = expand(definition, root, python)
+    if only:
+        runs = [r for r in runs if only in r.name]
+    echo(f"sweep {definition.name}: {len(runs)} runs under {root}")
+    if dry_run:
+        for r in runs:
+            echo(f"# {r.name}" + ("  (done)" if r.done() else ""))
+            for s in r.stages:
+                echo(s.shell())
+        return 0
+    write_meta(definition.name, runs, root)
+    if mode != "local":
+        path = (slurm_script if mode == "slurm" else tpu_script)(runs, root)
+        echo(f"wrote {path}")
+        echo(path.read_text().splitlines()[1].lstrip("# "))
+        return 0
+    results: dict[str, tuple[str, float, str]] = {}
+    todo = []
+    for r in runs:
+        if r.done():
+            results[r.name] = ("skipped (done)", 0.0, "")
+        else:
+            todo.append(r)
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        futures = {pool.submit(run_local, r, retries, nice): r for r in todo}
+        for fut in concurrent.futures.as_completed(futures):
+            r = futures[fut]
+            results[r.name] = fut.result()
+            echo(f"{r.name}: {results[r.name][0]} ({results[r.name][1]:.0f}s)")
+    rows = []
+    for r in runs:
+        status, seconds, note = results[r.name]
+        row = {"run": r.name, "status": status, "seconds": f"{seconds:.0f}"}
+        row |= summary_numbers(r)
+        if note:
+            row["note"] = note
+        rows.append(row)
+    echo(format_table(rows))
+    failed = [name for name, (status, _, _) in results.items() if status == "failed"]
+    if failed:
+        echo(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+        return 1
+    return 0

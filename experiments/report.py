@@ -26,7 +26,7 @@ flags.mark_flags_as_required(["runs", "out"])
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
-    summary = results.build_report(_RUNS.value, cli.required(_OUT))
+    summary = results.build_report(cli.required(_RUNS), cli.required(_OUT))
     print(json.dumps(summary))
 
 

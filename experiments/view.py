@@ -25,7 +25,7 @@ flags.mark_flags_as_required(["run"])
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
-    runs = _RUN.value
+    runs = cli.required(_RUN)
     first = Path(runs[0])
     out = _OUT.value or (first if first.is_dir() else first.parent) / "view.html"
     print(viewer.write(runs, out))

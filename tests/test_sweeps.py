@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from headless import open_page, pixel_std
 
-from agemem_jax import results, sweeps
+from agemem_jax import methods, results, sweeps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,11 @@ def test_tiny_sweep_expands_into_named_train_then_eval_runs(tmp_path):
         "reward-all_returns.tools-full", "reward-all_returns.tools-lt_only",
     ]  # fmt: skip
     train, ev = runs[1].stages
-    assert train.argv[:3] == ("py", sweeps.TRAIN_ENTRY, "--config=configs/hotpotqa_grpo.py:tiny_cpu")
+    assert train.argv[:3] == (
+        "py",
+        sweeps.TRAIN_ENTRY,
+        "--config=configs/hotpotqa_grpo.py:tiny_cpu",
+    )
     assert "--config.method=agemem_lt" in train.argv
     assert "--config.reward.w_context=0.0" in train.argv
     assert "--config.grpo.group_size=2" in train.argv and "--config.train.export=True" in train.argv
@@ -71,7 +75,7 @@ def test_axes_and_bad_definitions():
         sweeps.method_axis(["agemem", "nope"])
     bad = sweeps.Sweep("bad", sweeps.sweep("grpo.no_such_knob", [1]),
                        train="configs/hotpotqa_grpo.py:tiny_cpu")  # fmt: skip
-    with pytest.raises(ValueError, match="no config key 'grpo.no_such_knob'"):
+    with pytest.raises(ValueError, match=r"no config key .grpo\.no_such_knob."):
         sweeps.expand(bad, "/tmp/x")
     baseline = sweeps.Sweep("b", sweeps.method_axis(["rag"]), train="configs/hotpotqa_grpo.py")
     with pytest.raises(ValueError, match="prompted baseline"):
@@ -79,23 +83,26 @@ def test_axes_and_bad_definitions():
 
 
 def test_dry_run_and_cluster_scripts(tmp_path):
-    spec = "--sweep=configs/sweeps/reward_x_tools.py:tiny"
-    proc = _launch(spec, f"--dir={tmp_path}/a", "--dry_run")
+    proc = _launch("--sweep=configs/sweeps/reward_x_tools.py:tiny", f"--dir={tmp_path}/a",
+                   "--dry_run")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert sum(line.startswith(sys.executable + " experiments/train.py") for line in lines) == 4
     assert sum(" experiments/eval.py " in line for line in lines) == 4
     assert not (tmp_path / "a").exists()  # a dry run writes nothing
-    proc = _launch(spec, f"--dir={tmp_path}/s", "--mode=slurm")
-    assert proc.returncode == 0, proc.stderr
+    tiny = sweeps.load("configs/sweeps/reward_x_tools.py", "tiny")
+    echoed: list[str] = []
+    assert sweeps.launch(tiny, tmp_path / "s", mode="slurm", echo=echoed.append) == 0
     script = (tmp_path / "s" / "slurm_array.sbatch").read_text()
-    assert "sbatch --array=0-3" in proc.stdout and script.count(" experiments/train.py ") == 4
-    assert "test -f " in script  # a finished evaluation is not redone
-    proc = _launch("--sweep=configs/sweeps/paper_grid.py:k_beta", f"--dir={tmp_path}/t",
-                   "--mode=tpu")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "t" / "tpu_pod.sh").read_text().count("launch/tpu_pod.sh") == 8
-    assert _launch("--sweep=nope.py", f"--dir={tmp_path}/n").stderr.startswith("error: ")
+    assert echoed[-1].startswith("4 runs: sbatch --array=0-3 ")
+    assert script.count(" experiments/train.py ") == 4 and script.count("    test -f ") == 4
+    assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]) == 4
+    k_beta = sweeps.load("configs/sweeps/paper_grid.py", "k_beta")
+    assert sweeps.launch(k_beta, tmp_path / "t", mode="tpu", echo=echoed.append) == 0
+    script_lines = (tmp_path / "t" / "tpu_pod.sh").read_text().splitlines()
+    assert sum(line.startswith("launch/tpu_pod.sh ") for line in script_lines) == 8
+    with pytest.raises(FileNotFoundError, match="no sweep definition"):
+        sweeps.load("configs/sweeps/nope.py")
 
 
 # --------------------------------------------------------------------------- run and report
@@ -157,15 +164,23 @@ def check_report(out: Path, n_runs: int, trained: bool) -> dict[str, list[dict[s
             assert row[col] == results.MISSING  # no run, and no average over missing cells
     assert linked == n_runs
     for title in t3:
+        method = title.split(", ")[1].split(" (")[0]
+        tools = methods.method_spec(method).tools
         for row in tables[title]:
             for col, cell in row.items():
-                if col != "tool" and not col.startswith("paper"):
+                if col == "tool" or col.startswith("paper"):
+                    continue
+                if row["tool"] != "total" and TOOLS[row["tool"]] not in tools:
+                    assert cell == results.MISSING  # not the method's tool: not a zero
+                else:
                     check_cell(cell, out, _tool_metric(row["tool"]), "{:.2f}")
     for title in t4:
         for row in tables[title]:
             for col, (key, fmt) in results.ABLATION_METRICS.items():
                 check_cell(row[col], out, lambda m, k=key: m[k], fmt)
-    figs = ["fig2_memory_quality", "fig3_prompt_tokens"] + (["fig5_reward_curves"] if trained else [])
+    figs = ["fig2_memory_quality", "fig3_prompt_tokens"] + (
+        ["fig5_reward_curves"] if trained else []
+    )
     for f in figs:
         assert (out / f"{f}.png").stat().st_size > 5000
         assert f"]({f}.png)" in md
@@ -189,19 +204,20 @@ def check_report_html(out: Path, n_images: int) -> None:
 def test_sweep_runs_retries_resumes_and_reports(tmp_path):
     (tmp_path / "ci.py").write_text(CI_SWEEP)
     sweep_dir = tmp_path / "sweep"
-    proc = _launch(f"--sweep={tmp_path / 'ci.py'}:broken", f"--dir={sweep_dir}", "--parallel=2")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    table = proc.stdout[proc.stdout.index("run "):]
+    lines: list[str] = []
+    broken = sweeps.load(tmp_path / "ci.py", "broken")
+    assert sweeps.launch(broken, sweep_dir, parallel=2, echo=lines.append) == 1
+    table = lines[-2]
     assert len(re.findall(r"^reward-\S+\s+done\s", table, re.M)) == 4, table
     assert re.search(r"^tools-broken\s+failed\s", table, re.M), table
-    assert "1 run(s) failed: tools-broken" in proc.stderr
+    assert lines[-1] == "1 run(s) failed: tools-broken"
     assert (sweep_dir / "tools-broken" / "run.log").read_text().count("# attempt ") == 2
     index = json.loads((sweep_dir / "sweep.json").read_text())
     assert len(index["runs"]) == 5
     # Re-running skips what its metrics files mark done.
-    proc = _launch(f"--sweep={tmp_path / 'ci.py'}", f"--dir={sweep_dir}")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("skipped (done)") == 4
+    lines.clear()
+    assert sweeps.launch(sweeps.load(tmp_path / "ci.py"), sweep_dir, echo=lines.append) == 0
+    assert lines[-1].count("skipped (done)") == 4
 
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "experiments/report.py", f"--runs={sweep_dir}",
@@ -235,6 +251,6 @@ def test_tiny_grpo_sweep_then_every_table_and_figure(tmp_path):
     assert {r["method"] for r in tables[t2]} == {
         f"{m} · GRPO · {w}" for w in ("answer_only", "all_returns") for m in ("agemem", "agemem_lt")}  # fmt: skip
     md = (out / "report.md").read_text()
-    fig5_runs = md[md.index("## Fig. 5"):].split("Runs: ", 1)[1].splitlines()[0]
+    fig5_runs = md[md.index("## Fig. 5") :].split("Runs: ", 1)[1].splitlines()[0]
     assert fig5_runs.count("metrics.jsonl") == 4
     check_report_html(out, n_images=3)
