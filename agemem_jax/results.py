@@ -45,6 +45,7 @@ BENCH_LABELS = {"alfworld": "ALFWorld", "sciworld": "SciWorld", "pddl": "PDDL",
 TOOL_LABELS = {T.ADD: "ADD", T.UPDATE: "UPDATE", T.DELETE: "DELETE", T.RETRIEVE: "RETRIEVE",
                T.SUMMARY: "SUMMARY", T.FILTER: "FILTER"}  # fmt: skip
 MISSING = "—"
+PAPER_TITLE = "published in the AgeMem paper (agemem_jax/data/paper_results.json)"
 
 
 def paper_results() -> dict[str, Any]:
@@ -423,7 +424,10 @@ def _bars(runs: Sequence[RunInfo], key: str, fig_key: str, title: str, ylabel: s
     ax.bar(range(len(bars)), [b[1] for b in bars], color="#4c72b0")
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha="right", fontsize=8)
     for i, b in enumerate(bars):
-        ax.annotate(f"{b[1]:.3g}", (i, b[1]), ha="center", va="bottom", fontsize=8)
+        label = f"{b[1]:.0f}" if abs(b[1]) >= 100 else f"{b[1]:.3f}"
+        ax.annotate(label, (i, b[1]), ha="center", va="bottom", fontsize=8)
+    top = max(b[1] for b in bars)
+    ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)  # MQ and token counts are never negative
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     return Figure(fig_key, title, _png(fig), [lk for b in bars for lk in b[2]])
@@ -526,7 +530,7 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}
 td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#eef}
-td.missing{color:#999;text-align:center}.note{color:#555;font-size:13px}
+td.missing{color:#999;text-align:center}td.paper{color:#555;font-style:italic}.note{color:#555;font-size:13px}
 img{max-width:100%;border:1px solid #ddd}
 """
 
@@ -535,7 +539,9 @@ def _html_cell(c: Cell, out: Path) -> str:
     text = html.escape(c.shown())
     if c.text is None and text == MISSING:
         return f'<td class="missing">{text}</td>'
-    if c.text is not None or not c.links:
+    if c.text is None and not c.links:  # a number from the paper, not from a run
+        return f"<td class='paper' title='{html.escape(PAPER_TITLE)}'>{text}</td>"
+    if c.text is not None:
         return f"<td>{text}</td>"
     first = f'<a href="{html.escape(_link(c.links[0][1], out))}" title="{html.escape(c.links[0][0])}">{text}</a>'
     more = "".join(
