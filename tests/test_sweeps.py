@@ -254,3 +254,34 @@ def test_tiny_grpo_sweep_then_every_table_and_figure(tmp_path):
     fig5_runs = md[md.index("## Fig. 5") :].split("Runs: ", 1)[1].splitlines()[0]
     assert fig5_runs.count("metrics.jsonl") == 4
     check_report_html(out, n_images=3)
+
+
+def test_paper_numbers_stand_beside_ours_only_for_the_papers_backbone(tmp_path):
+    paper = results.paper_results()
+    ev = {"judge_score": 0.5, "memory_quality": 0.4, "prompt_tokens": 2000.0, "tool_calls": 4.0,
+          "tool_calls_by_name": dict.fromkeys(TOOLS.values(), 0.5)}  # fmt: skip
+
+    def run(backbone: str, training: str) -> results.RunInfo:
+        reward = "all_returns" if training == "GRPO" else None
+        return results.RunInfo(tmp_path, f"{backbone}-{training}", "agemem", training=training,
+                               reward=reward, backbone=backbone, eval=ev)  # fmt: skip
+
+    runs = [run("Qwen2.5-7B-Instruct", "GRPO"), run("Qwen2.5-7B-Instruct", "noRL"),
+            run("smollm2-135m-instruct", "GRPO")]  # fmt: skip
+    qwen, smol = results.table2(runs, paper)
+    assert "HotpotQA (paper)" in qwen.columns and "HotpotQA (paper)" not in smol.columns
+    by_label = {row[0].shown(): row for row in qwen.rows}
+    grpo, norl = by_label["agemem · GRPO · all_returns"], by_label["agemem · noRL"]
+    col = qwen.columns.index
+    assert grpo[col("HotpotQA")].shown() == "50.00"
+    assert grpo[col("HotpotQA (paper)")].shown() == "54.44"
+    assert grpo[col("Avg (paper)")].shown() == "41.96"
+    assert grpo[col("Avg")].shown() == results.MISSING  # four benchmarks have no run
+    assert norl[col("Avg (paper)")].shown() == "33.43"  # AgeMem-noRL
+    assert norl[col("HotpotQA (paper)")].shown() == results.MISSING  # not published
+    t4 = results.table4(runs, paper)[0]
+    assert t4.title == "Table 4: reward ablation (Qwen2.5-7B-Instruct)"
+    assert [c.shown() for c in t4.rows[0][-4:]] == ["0.544", "2117", "0.533", "4.92"]
+    t3 = results.table3(runs, paper)[0]
+    assert t3.columns[-2:] == ["paper noRL (Qwen2.5-7B)", "paper GRPO (Qwen2.5-7B)"]
+    assert [c.shown() for c in t3.rows[-1][-2:]] == ["4.33", "4.92"]
