@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint bench clean-venv
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: test demo lint bench clean-venv browser
 
 $(STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +22,14 @@ $(STAMP): setup.py Makefile
 
 LINTED := agemem_jax experiments configs tests benchmarks launch
 
-test: $(STAMP)
+# The viewer and report tests open pages in Debian's Chromium (headless, driven by Playwright);
+# installed here when missing, so a clean machine has it. Needs root or sudo, and apt.
+browser:
+	@test -x $(CHROMIUM) || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) browser
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m ruff format --check $(LINTED)
 	$(VENV)/bin/pyright

@@ -36,6 +36,8 @@ EXTRAS = {
         "ruff>=0.6",
         # Type checking in `make test`; the nodejs extra brings node as a wheel from PyPI.
         "pyright[nodejs]==1.1.414",
+        # Drives the system Chromium (never a downloaded browser) for the viewer/report tests.
+        "playwright>=1.45",
     ],
     # Benchmark environments (ScienceWorld, BabyAI, PDDL, ALFWorld) arrive with their issue.
     "envs": [
@@ -58,7 +60,10 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["agemem_jax", "agemem_jax.*"]),
-    package_data={"agemem_jax.envs": ["alfworld_data/*.json", "pddl_domains/*.pddl"]},
+    package_data={
+        "agemem_jax.envs": ["alfworld_data/*.json", "pddl_domains/*.pddl"],
+        "agemem_jax.data": ["paper_results.json"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

@@ -87,6 +87,12 @@ class Step:
     answer: str | None
     finish_reason: str
     sampler_logprobs: np.ndarray | None = None  # log μ of action_ids when μ ≠ π_old (rl_loss)
+    # For readers of the trajectory (the viewer), never for the reward: how long-term memory
+    # changed since the previous step of this rollout (what the environment injected, e.g. a
+    # raw store, shows up at the next step), and what this step's calls removed from the
+    # context and the summaries they wrote.
+    memory_diff: dict[str, list] = dataclasses.field(default_factory=dict)
+    context_edit: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def prompt_tokens(self) -> int:
@@ -107,7 +113,35 @@ class Step:
             "error": self.error,
             "answer": self.answer,
             "finish_reason": self.finish_reason,
+            "memory_diff": self.memory_diff,
+            "context_edit": self.context_edit,
         }
+
+
+def memory_snapshot(env: MemoryEnv) -> dict[str, str]:
+    """The long-term store as {id: content}, for step-by-step diffs."""
+    return {e.id: e.content for e in env.ltm.entries()}
+
+
+def memory_diff(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, list]:
+    """added [id, content], updated [id, old, new], deleted [id, content]; empty when equal."""
+    diff = {
+        "added": [[i, c] for i, c in after.items() if i not in before],
+        "updated": [[i, before[i], c] for i, c in after.items() if i in before and before[i] != c],
+        "deleted": [[i, c] for i, c in before.items() if i not in after],
+    }
+    return {k: v for k, v in diff.items() if v}
+
+
+def context_edit(before: Sequence[Message], after: Sequence[Message]) -> dict[str, list[str]]:
+    """Messages a step removed from the context and the summaries it added (identity compare:
+    messages are immutable, so a message still present is the same object)."""
+    now, then = set(after), set(before)
+    edit = {
+        "removed": [m.text for m in before if m not in now],
+        "summaries": [m.text for m in after if m not in then and m.kind == "summary"],
+    }
+    return {k: v for k, v in edit.items() if v}
 
 
 def kept_text(messages: Sequence[Message]) -> str:
@@ -252,6 +286,7 @@ class _Rollout:
         self.turn_step = 0
         self.retrieved: list[dict[str, Any]] = []
         self.last_error: str | None = None
+        self.memory: dict[str, str] = {}  # the store after this rollout's previous step
 
 
 class EpisodeRunner:
@@ -372,7 +407,11 @@ class EpisodeRunner:
         )
 
     def _apply(self, r: _Rollout, view: AgentView, action: Action, stage: int, turn: int) -> None:
+        context_before = list(r.env.stm.messages)
         ids, result, records = step_env(r.env, action, self.stop_id)
+        memory_after = memory_snapshot(r.env)
+        diff = memory_diff(r.memory, memory_after)
+        r.memory = memory_after
         calls = [rec for rec in records if rec.name != TURN]
         for rec in calls:
             if rec.name == T.RETRIEVE and rec.ok:
@@ -392,6 +431,8 @@ class EpisodeRunner:
             sampler_logprobs=None
             if action.sampler_logprobs is None
             else np.asarray(action.sampler_logprobs, np.float32),
+            memory_diff=diff,
+            context_edit=context_edit(context_before, r.env.stm.messages),
         )
         r.traj.steps.append(step)
         r.turn_step += 1

@@ -2,7 +2,8 @@
 
 Writes, under `workdir/eval/`:
   metrics.json        J, MQ, TN, TC (+ per tool), reward and every component, rates;
-  trajectories.jsonl  one readable episode per line (steps, calls, memory, reward).
+  trajectories.jsonl  one readable episode per line (steps, calls, memory, reward);
+  config.json         the resolved config, so reports know the method, benchmark and model.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from agemem_jax import builders, methods
 from agemem_jax.chat import ChatFormat
 from agemem_jax.episodes import Trajectory, summarize
+from agemem_jax.metrics_log import write_config
 from agemem_jax.rewards import score
 
 
@@ -51,7 +53,8 @@ def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[
     return evaluate_hotpotqa(config, workdir, progress)
 
 
-def _write(out_dir: Path, trajectories, metrics: dict[str, Any]) -> None:
+def _write(out_dir: Path, trajectories, metrics: dict[str, Any], config) -> None:
+    write_config(out_dir, config)
     with open(out_dir / "trajectories.jsonl.tmp", "w") as f:
         for t in trajectories:
             f.write(json.dumps(t.to_json(), ensure_ascii=False, default=str) + "\n")
@@ -97,7 +100,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
         "method": runner.method.name,
         "seconds": round(time.time() - t0, 2),
     }
-    _write(out_dir, trajectories, metrics)
+    _write(out_dir, trajectories, metrics, config)
     logging.info("eval %s %s: %s", config.bench, policy.name, json.dumps(metrics))
     return metrics
 
@@ -129,6 +132,6 @@ def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True)
         "seconds": round(time.time() - t0, 2),
     }
     metrics["judge_stats"] = dict(judge.stats)
-    _write(out_dir, trajectories, metrics)
+    _write(out_dir, trajectories, metrics, config)
     logging.info("eval %s: %s", policy.name, json.dumps(metrics))
     return metrics

@@ -35,7 +35,7 @@ from agemem_jax.dataclass_config import build as build_block
 from agemem_jax.distributed import is_main
 from agemem_jax.episodes import EpisodeRunner, Trajectory, summarize
 from agemem_jax.judges import Judge
-from agemem_jax.metrics_log import MetricsWriter
+from agemem_jax.metrics_log import MetricsWriter, write_config
 from agemem_jax.optim import OptimConfig
 from agemem_jax.packing import PackingConfig, StepRow
 from agemem_jax.rewards import RewardConfig, score
@@ -217,6 +217,7 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
     t = s.train
     ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, save_every=t.save_every)
     writer = MetricsWriter(workdir)
+    write_config(workdir, config)
     start = _resume(ckpt, s.trainer)
     writer.truncate_after(start)  # also when no checkpoint survived: lines past it are redone
     history = []

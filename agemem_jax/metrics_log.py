@@ -1,4 +1,5 @@
-"""Per-step metrics: one JSON line per step in `metrics.jsonl`, plus TensorBoard events.
+"""Per-step metrics: one JSON line per step in `metrics.jsonl`, plus TensorBoard events; and
+the resolved config of a run (`config.json`).
 
 Only process 0 writes. Values that are not numbers (nested dicts are flattened with '/') are
 kept in the JSON line and skipped for TensorBoard.
@@ -42,6 +43,17 @@ def read_jsonl(path: str | Path, skip_torn: bool = False) -> list[dict[str, Any]
             if not skip_torn:
                 raise
     return rows
+
+
+def write_config(out_dir: str | Path, config) -> None:
+    """`out_dir/config.json`: the resolved config of a run, so reports can tell who ran what
+    (method, benchmark, model, reward weights) without the command line. Process 0 only."""
+    if not is_main():
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(out_dir) / "config.json.tmp"
+    tmp.write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    os.replace(tmp, Path(out_dir) / "config.json")
 
 
 class MetricsWriter:
