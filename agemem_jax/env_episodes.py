@@ -43,6 +43,7 @@ class EnvTrajectory:
     steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     system: baselines.MemorySystem | None = None  # a memory baseline's, if any
+    memory_entries: tuple[str, ...] = ()  # the baseline's memories at the end (it is closed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,7 +51,7 @@ class EnvTrajectory:
             "task": self.task,
             "spec": {k: str(v) for k, v in self.spec.items()},
             "metrics": self.metrics,
-            "memory": self.system.memories()
+            "memory": list(self.memory_entries)
             if self.system is not None
             else [e.content for e in self.memory.ltm.entries()],
             "tool_stats": self.memory.metrics(),
@@ -138,6 +139,7 @@ class EnvEpisodeRunner:
                 t.metrics = self._metrics(t)
                 t.env.close()
                 if t.system is not None:
+                    t.memory_entries = tuple(t.system.memories())
                     t.system.close()
         return trajs
 

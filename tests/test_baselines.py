@@ -518,3 +518,161 @@ def test_langmem_malformed_output_changes_nothing(reply):
     drive_ingest(llm, m, "More.")
     assert [(e.id, e.content) for e in m.store.entries()] == before
     assert sum(m.stats.parse_failures.values()) == 1
+
+
+# ------------------------------------------------------------------------------------- harness
+
+
+class EchoLLM:
+    """Valid replies for every pipeline step, storing the user's text as one fact/note (the
+    harness tests need well-formed output from every system, not a particular decision)."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def complete(self, requests):
+        self.batches.append(len(requests))
+        out = []
+        for r in requests:
+            text = r.messages[1]["content"].splitlines()[-1][:80]
+            reply = {
+                "extract": {"facts": [text], "actions": [{"action": "insert", "content": text}]},
+                "update": {"memory": [{"text": text, "event": "ADD"}]},
+                "entities": {"entities": []},
+                "analyze": {"keywords": ["k"], "context": "c", "tags": ["t"]},
+                "evolve": {"should_evolve": False, "actions": []},
+                "query": {"keywords": ["k"]},
+            }[r.purpose]
+            out.append(LLMReply(json.dumps(reply), 1, 1))
+        return out
+
+
+@pytest.fixture(scope="module")
+def chat():
+    from agemem_jax.chat import ChatFormat
+    from agemem_jax.models import load_tokenizer
+
+    return ChatFormat(load_tokenizer("smollm2-135m-instruct"))
+
+
+def _harness(system: str) -> tuple[baselines.Harness, EchoLLM]:
+    from agemem_jax.encoder import HashEncoder
+
+    llm = EchoLLM()
+    return baselines.Harness(system, llm, baselines.BaselinesConfig(), HashEncoder()), llm
+
+
+@pytest.mark.parametrize("system", baselines.SYSTEMS)
+def test_hotpotqa_episode_ingests_stage1_and_shows_recall_before_the_question(chat, system):
+    from agemem_jax import builders
+    from agemem_jax.config_lib import base_config
+    from agemem_jax.encoder import HashEncoder
+    from agemem_jax.episodes import EpisodeConfig, EpisodeRunner, summarize
+    from agemem_jax.memory_env import MemoryEnv
+
+    config = base_config()
+    config.data.limit = 2
+    config.method = system  # the scripted policy then calls no tool: it only answers
+    cfg = EpisodeConfig(t1=3, t2=2, t3=1)
+    harness, llm = _harness(system)
+    runner = EpisodeRunner(
+        lambda: MemoryEnv(chat, encoder=HashEncoder(), enabled_tools=()),
+        cfg,
+        stop_id=chat.im_end,
+        method=system,
+        baseline=harness,
+    )
+    tasks = builders.tasks(config.data, cfg)
+    trajs = runner.run(tasks, builders.policy(config, name="scripted"))
+    ingests = {"mem0": 2, "mem0g": 3, "a_mem": 2, "langmem": 1}[system]  # rounds per ingest
+    assert llm.batches[: ingests * 3] == [2] * (ingests * 3)  # both episodes in lock-step
+    for t in trajs:
+        assert t.answer == t.task.answer
+        stats = t.memory_stats
+        assert stats is not None and len(stats.ingest_seconds) == 3  # stage 1 only
+        assert len(stats.search_seconds) == 1 and not stats.parse_failures
+        assert t.memory_entries and t.to_json()["memory"] == list(t.memory_entries)
+        assert len(t.env.ltm) == 0  # the agent's own store is unused
+        msgs = t.env.stm.messages
+        q = next(i for i, m in enumerate(msgs) if m.text == t.task.question)
+        assert msgs[q - 1].kind == "retrieval" and msgs[q - 1].text.startswith("Recalled")
+        assert t.to_json()["memory_system"]["llm_calls"] == stats.llm_calls
+    metrics = summarize(trajs)
+    assert metrics["llm_calls_per_episode"] == trajs[0].memory_stats.llm_calls
+    assert metrics["json_parse_failures"] == 0 and metrics["ingest_p50_s"] > 0
+
+
+@pytest.mark.parametrize("system", baselines.SYSTEMS)
+def test_env_episode_ingests_every_step_and_recalls_before_each_observation(chat, system):
+    from agemem_jax.encoder import HashEncoder
+    from agemem_jax.env_episodes import EnvEpisodeRunner
+    from agemem_jax.envs import tasks
+    from agemem_jax.memory_env import MemoryEnv
+    from agemem_jax.policies import OraclePolicy
+
+    specs = tasks("pddl", source="generated", num_per_domain=1, seed=0)[:2]
+    harness, _ = _harness(system)
+    runner = EnvEpisodeRunner(
+        "pddl",
+        lambda: MemoryEnv(chat, encoder=HashEncoder(), enabled_tools=()),
+        stop_id=chat.im_end,
+        method=system,
+        baseline=harness,
+    )
+    for t in runner.run(specs, OraclePolicy()):
+        assert t.metrics["progress_rate"] >= 0.9
+        stats = t.system.stats
+        # The start, then every step but the last (the episode has ended: nothing to keep).
+        assert len(stats.ingest_seconds) == len(t.steps)
+        assert len(stats.search_seconds) == len(t.steps)  # the store is empty only at the start
+        msgs = t.memory.stm.messages  # (the budget may have evicted early ones)
+        recalls = [i for i, m in enumerate(msgs) if m.kind == "retrieval"]
+        assert recalls and all(msgs[i + 1].role == "user" for i in recalls)
+        assert t.to_json()["memory"] == list(t.memory_entries) != []
+
+
+def test_baseline_methods_need_their_harness(chat):
+    from agemem_jax.env_episodes import EnvEpisodeRunner
+    from agemem_jax.episodes import EpisodeRunner
+
+    for system in baselines.SYSTEMS:
+        with pytest.raises(ValueError, match="runs a memory system: pass baseline="):
+            EpisodeRunner(lambda: None, method=system)
+        with pytest.raises(ValueError, match="runs a memory system: pass baseline="):
+            EnvEpisodeRunner("pddl", lambda: None, method=system)
+
+
+def _tiny_config(method: str, bench: str):
+    from agemem_jax.config_lib import from_file
+
+    if bench == "hotpotqa":
+        c = from_file("configs/eval/hotpotqa.py", "synthetic_cpu")
+        c.episode.update(t1=1, t2=1, t3=1, max_actions_per_turn=1)
+    else:
+        c = from_file(f"configs/eval/{bench}.py", "oracle")
+        c.env.source = "generated"
+        c.episode.update(max_env_steps=2, max_actions_per_turn=0)
+    c.update(method=method, encoder="hash", policy="model")
+    c.model.update(random="tiny", tokenizer="smollm2-135m-instruct")
+    c.data.limit = 1
+    c.sampling.max_new_tokens = 8
+    for s in baselines.SYSTEMS:
+        c.baselines[s].max_new_tokens = 8
+    return c
+
+
+@pytest.mark.parametrize(
+    "bench", ["hotpotqa", pytest.param("pddl", marks=pytest.mark.slow)]
+)
+@pytest.mark.parametrize("method", baselines.SYSTEMS)
+def test_every_baseline_runs_a_tiny_model_episode_through_eval(method, bench, tmp_path):
+    """The harness end to end: the random model's output is junk JSON, which every system
+    counts and survives; the metrics carry the baseline's statistics."""
+    from agemem_jax.evaluate import evaluate
+
+    metrics = evaluate(_tiny_config(method, bench), tmp_path, progress=False)
+    assert metrics["method"] == method and metrics["episodes"] == 1
+    assert metrics["llm_calls_per_episode"] >= 1 and metrics["llm_tokens_per_episode"] > 0
+    assert metrics["json_parse_failures"] >= 1 and metrics["ingest_p50_s"] > 0
+    line = json.loads((tmp_path / "eval" / "trajectories.jsonl").read_text().splitlines()[0])
+    assert line["memory_system"]["llm_calls"] == metrics["llm_calls_per_episode"]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from agemem_jax import prompts
-from agemem_jax.baselines.base import Call, MemorySystem, Recall, str_list, transcript
+from agemem_jax.baselines.base import Call, MemorySystem, Recall, str_list
 from agemem_jax.encoder import Encoder
 from agemem_jax.ltm import LongTermMemory
 
@@ -90,11 +90,7 @@ class AMem(MemorySystem):
 
     # -- ingest ---------------------------------------------------------------------------
     def ingest(self, messages: Sequence[tuple[str, str]]) -> Call[None]:
-        content = (
-            " ".join(c for _, c in messages)
-            if self.domain == "conversation"
-            else transcript(messages)
-        ).strip()
+        content = " ".join(c for _, c in messages).strip()
         if not content:
             return
         meta = yield from self.analyze(content)
