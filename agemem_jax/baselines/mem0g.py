@@ -74,6 +74,17 @@ def norm_relation(rel: str) -> str:
     return "_".join(re.sub(r"[^\w\s]", " ", rel.lower()).split())
 
 
+def as_triple(item: Any) -> tuple[str, str, str] | None:
+    """A {source, relationship, destination} item, normalized; None when malformed."""
+    if not isinstance(item, dict):
+        return None
+    src, rel, dst = (item.get(k) for k in ("source", "relationship", "destination"))
+    if not (isinstance(src, str) and isinstance(rel, str) and isinstance(dst, str)):
+        return None
+    triple = (norm_name(src), norm_relation(rel), norm_name(dst))
+    return triple if all(triple) else None
+
+
 class KuzuGraph:
     """Entity nodes (name, type, embedding) and relationship edges in an in-memory Kuzu
     database; node matching is a cosine query inside the database."""
@@ -256,15 +267,11 @@ class Mem0g(Mem0):
             return
         relations: list[tuple[str, str, str]] = []
         for item in items:
-            parts = (
-                [item.get(k) for k in ("source", "relationship", "destination")]
-                if isinstance(item, dict)
-                else []
-            )
-            if len(parts) != 3 or not all(isinstance(p, str) and p.strip() for p in parts):
+            triple = as_triple(item)
+            if triple is None:
                 self.fail("bad_schema")
                 continue
-            src, rel, dst = norm_name(parts[0]), norm_relation(parts[1]), norm_name(parts[2])
+            src, rel, dst = triple
             if src not in entities or dst not in entities or not rel:
                 self.fail("hallucinated_relation")  # an endpoint the text did not name
                 continue
@@ -296,15 +303,10 @@ class Mem0g(Mem0):
             return
         shown = {(t.source, t.relationship, t.destination): t for t in nearby}
         for item in items:
-            parts = (
-                [item.get(k) for k in ("source", "relationship", "destination")]
-                if isinstance(item, dict)
-                else []
-            )
-            if len(parts) != 3 or not all(isinstance(p, str) for p in parts):
+            key = as_triple(item)
+            if key is None:
                 self.fail("bad_schema")
                 continue
-            key = (norm_name(parts[0]), norm_relation(parts[1]), norm_name(parts[2]))
             t = shown.pop(key, None)
             if t is None:
                 self.fail("unknown_relation")  # not an edge it was shown (or already deleted)
