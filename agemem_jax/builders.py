@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import jax
 
-from agemem_jax import methods, summarizers
+from agemem_jax import baselines, methods, summarizers
 from agemem_jax import sharding as shd
 from agemem_jax.chat import ChatFormat
 from agemem_jax.data import DataConfig, Task, load_records, make_tasks
@@ -77,11 +77,35 @@ def summarizer(name: str, complete: Callable | None = None) -> Callable:
     raise ValueError(f"unknown summarizer {name!r}; choose 'extractive' or 'policy'")
 
 
-def runner(chat: ChatFormat, config, summarize: Callable | None) -> EpisodeRunner:
+def runner(
+    chat: ChatFormat,
+    config,
+    summarize: Callable | None,
+    baseline: baselines.Harness | None = None,
+) -> EpisodeRunner:
     make_env = env_factory(chat, config.memory, config.encoder, summarize, config.method)
     return EpisodeRunner(
-        make_env, build(EpisodeConfig, config.episode), stop_id=chat.im_end, method=config.method
+        make_env,
+        build(EpisodeConfig, config.episode),
+        stop_id=chat.im_end,
+        method=config.method,
+        baseline=baseline,
     )
+
+
+def baseline(config, stack: ModelStack | None) -> baselines.Harness | None:
+    """The memory system of a baseline method (None for other methods). Its LLM calls run our
+    sampler on the policy's backbone (`stack`), so every method shares one model."""
+    spec = methods.method_spec(config.method)
+    if spec.memory_system is None:
+        return None
+    if stack is None:
+        raise ValueError(f"method {spec.name!r} runs its memory system on the model: load it")
+    cfg = build(baselines.BaselinesConfig, config.baselines)
+    llm = baselines.SamplerLLM(
+        stack.model, stack.tokenizer, max_prompt_tokens=cfg.max_prompt_tokens, seed=config.seed
+    )
+    return baselines.Harness(spec.memory_system, llm, cfg, encoder(config.encoder), config.seed)
 
 
 POLICIES = ("model", "scripted", "lazy", "junk", "oracle")

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections as mlc
 
 from agemem_jax import dataclass_config
+from agemem_jax.baselines import BaselinesConfig
 from agemem_jax.data import DataConfig
 from agemem_jax.episodes import EpisodeConfig
 from agemem_jax.evaluate import EvalConfig
@@ -58,6 +59,7 @@ BASE_BLOCKS: dict[str, type] = {
     "reward": RewardConfig,
     "judge": JudgeConfig,
     "eval": EvalConfig,
+    "baselines": BaselinesConfig,
 }
 GRPO_BLOCKS: dict[str, type] = {
     "grpo": GRPOConfig,
@@ -72,7 +74,8 @@ TOP_LEVEL_COMMENTS = {
     "seed": "the run's seed (model init, sampler, data order)",
     "multihost": "None: follow the environment (SLURM, TPU pod); True/False forces it",
     "policy": "model | scripted | lazy | junk (malformed output) | oracle (interactive benchmarks)",
-    "method": "agemem | agemem_rag | agemem_lt | no_memory | rag (agemem_jax.methods)",
+    "method": "agemem | agemem_rag | agemem_lt | no_memory | rag | mem0 | mem0g | a_mem | "
+    "langmem (agemem_jax.methods)",
     "bench": "hotpotqa | alfworld | sciworld | babyai | pddl",
     "env": "the benchmark's task-list settings (envs.tasks(bench, **env))",
     "encoder": "minilm (all-MiniLM-L6-v2, everywhere) | hash (unit tests only)",

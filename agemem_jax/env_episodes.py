@@ -7,6 +7,13 @@ episode and the short-term context keeps its token budget, so Retrieve/Summary/F
 episodes grow. At most `max_tool_turns` memory turns may precede an action **(ours)**; past that
 the environment gets an empty (invalid) action, so every episode ends within its step limit.
 The `method` (methods.py) sets the tools and how each observation enters the context.
+
+A memory baseline (`baseline`, a `baselines.Harness`) plugs in as the environment's memory, in
+the spirit of an agent framework's long-term-memory hook: the system ingests the task with the
+first observation and then each action with the observation it produced (one ingest per
+environment step, batched over the episodes that run together), and before each new
+observation enters the context the system's search with that observation is shown as a
+retrieval message. The agent has no memory tools; its context keeps its token budget.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from agemem_jax import baselines, methods, prompts
 from agemem_jax import envs as envs_lib
-from agemem_jax import methods, prompts
 from agemem_jax import tools as T
 from agemem_jax.episodes import FORMAT_ERROR_CODES, step_env
 from agemem_jax.memory_env import MemoryEnv
@@ -35,6 +42,8 @@ class EnvTrajectory:
     memory: MemoryEnv
     steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    system: baselines.MemorySystem | None = None  # a memory baseline's, if any
+    memory_entries: tuple[str, ...] = ()  # the baseline's memories at the end (it is closed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,8 +51,11 @@ class EnvTrajectory:
             "task": self.task,
             "spec": {k: str(v) for k, v in self.spec.items()},
             "metrics": self.metrics,
-            "memory": [e.content for e in self.memory.ltm.entries()],
+            "memory": list(self.memory_entries)
+            if self.system is not None
+            else [e.content for e in self.memory.ltm.entries()],
             "tool_stats": self.memory.metrics(),
+            "memory_system": None if self.system is None else self.system.stats.to_json(),
             "steps": self.steps,
         }
 
@@ -59,6 +71,7 @@ class EnvEpisodeRunner:
         stop_id: int | None = None,
         instructions: str | None = None,
         method: str | methods.MethodSpec = "agemem",
+        baseline: baselines.Harness | None = None,
     ):
         if bench not in envs_lib.REGISTRY:
             raise ValueError(
@@ -74,34 +87,88 @@ class EnvEpisodeRunner:
         self.max_tool_turns = max_tool_turns
         self.stop_id = stop_id
         self.method = methods.method_spec(method)
+        if self.method.memory_system is not None and baseline is None:
+            raise ValueError(
+                f"method {self.method.name!r} runs a memory system: pass baseline= "
+                "(builders.baseline builds it from the config)"
+            )
+        self.baseline = baseline if self.method.memory_system is not None else None
         self.instructions = instructions or self.method.env_instructions or prompts.ENV_INSTRUCTIONS
 
     def run(self, specs: Sequence[Mapping[str, Any]], policy, seed: int = 0) -> list[EnvTrajectory]:
         trajs = []
         for spec in specs:
             env = envs_lib.make(self.bench, dict(spec), max_steps=self.max_steps)
-            first = env.reset()
+            env.reset()
             mem = self.make_memory()
             mem.stage = "env"
             mem.reset_context(mem.system_prompt(f"{self.instructions}\n\nYour task: {env.task}"))
-            methods.inject(mem, self.method, first)
-            trajs.append(EnvTrajectory(self.bench, dict(spec), env.task, env, mem))
-        if hasattr(policy, "begin"):
-            policy.begin(len(trajs), seed)
-        tool_turns = [0] * len(trajs)
+            t = EnvTrajectory(self.bench, dict(spec), env.task, env, mem)
+            if self.baseline is not None:
+                t.system = self.baseline.new("environment")
+            trajs.append(t)
         try:
+            firsts = [
+                prompts.BASELINE_ENV_FIRST.format(task=t.task, observation=t.env.observation)
+                for t in trajs
+            ]
+            self._observe(trajs, [t.env.observation for t in trajs], firsts)
+            if hasattr(policy, "begin"):
+                policy.begin(len(trajs), seed)
+            tool_turns = [0] * len(trajs)
             while True:
                 active = [i for i, t in enumerate(trajs) if not t.env.done]
                 if not active:
                     break
                 views = [self._view(i, trajs[i]) for i in active]
+                moved: list[tuple[EnvTrajectory, str, str]] = []
                 for i, view, action in zip(active, views, policy.act(views), strict=True):
-                    tool_turns[i] = self._apply(trajs[i], view, action, tool_turns[i])
+                    tool_turns[i], step = self._apply(trajs[i], view, action, tool_turns[i])
+                    if step is not None:
+                        moved.append((trajs[i], *step))
+                self._observe(
+                    [t for t, _, _ in moved],
+                    [obs for _, _, obs in moved],
+                    [
+                        prompts.BASELINE_ENV_STEP.format(action=a, observation=o)
+                        for _, a, o in moved
+                    ],
+                )
         finally:
             for t in trajs:
                 t.metrics = self._metrics(t)
                 t.env.close()
+                if t.system is not None:
+                    t.memory_entries = tuple(t.system.memories())
+                    t.system.close()
         return trajs
+
+    def _observe(
+        self, trajs: Sequence[EnvTrajectory], observations: Sequence[str], records: Sequence[str]
+    ) -> None:
+        """Bring each new observation into its episode's context, the method's way. A memory
+        baseline's recall with the observation comes first (batched), then the observation;
+        then the system ingests `records` (batched), skipped for episodes that have ended."""
+        if self.baseline is None:
+            for t, obs in zip(trajs, observations, strict=True):
+                methods.inject(t.memory, self.method, obs)
+            return
+        systems = [t.system for t in trajs if t.system is not None]
+        for t, recalls in zip(trajs, self.baseline.recall(systems, observations), strict=True):
+            if recalls:
+                results = [{"memory_id": x.id, "content": x.text, "metadata": {}} for x in recalls]
+                t.memory.stm.add(
+                    "tool",
+                    baselines.recall_text(recalls),
+                    kind="retrieval",
+                    data={"results": results},
+                )
+        for t, obs in zip(trajs, observations, strict=True):
+            t.memory.add_message("user", obs)
+        live = [(t.system, r) for t, r in zip(trajs, records, strict=True) if not t.env.done]
+        self.baseline.ingest(
+            [s for s, _ in live if s is not None], [[("user", r)] for _, r in live]
+        )
 
     def _view(self, i: int, t: EnvTrajectory) -> AgentView:
         ids = t.memory.stm.render().ids
@@ -111,7 +178,11 @@ class EnvEpisodeRunner:
             prompt_ids=tuple(int(x) for x in ids), context_tokens=len(ids), env=t.env,
         )  # fmt: skip
 
-    def _apply(self, t: EnvTrajectory, view: AgentView, action: Action, tool_turns: int) -> int:
+    def _apply(
+        self, t: EnvTrajectory, view: AgentView, action: Action, tool_turns: int
+    ) -> tuple[int, tuple[str, str] | None]:
+        """Run one policy turn: (memory turns in a row, (env action, observation) when the
+        environment moved). The observation is brought in by `_observe`."""
         _, result, records = step_env(t.memory, action, self.stop_id)
         codes = [r.code for r in records]
         env_action = result.answer
@@ -119,12 +190,11 @@ class EnvEpisodeRunner:
             tool_turns += 1
             if tool_turns <= self.max_tool_turns:
                 t.steps.append(self._record(view, action, result, codes, None, None))
-                return tool_turns
+                return tool_turns, None
             env_action = ""  # too many memory turns in a row: the environment moves on
         step = t.env.step(env_action.strip())
-        methods.inject(t.memory, self.method, step.observation)
         t.steps.append(self._record(view, action, result, codes, env_action, step.observation))
-        return 0
+        return 0, (env_action.strip(), step.observation)
 
     @staticmethod
     def _record(view, action, result, codes, env_action, observation) -> dict[str, Any]:
@@ -162,6 +232,7 @@ def summarize(trajs: Sequence[EnvTrajectory]) -> dict[str, Any]:
     out: dict[str, Any] = {
         k: float(np.mean([t.metrics.get(k, 0.0) for t in trajs])) for k in numeric
     }
+    out.update(baselines.summarize_stats([t.system.stats for t in trajs if t.system is not None]))
     out.update(
         episodes=n,
         bench=trajs[0].bench,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from agemem_jax import methods, prompts
+from agemem_jax import baselines, methods, prompts
 from agemem_jax import tools as T
 from agemem_jax.data import Task
 from agemem_jax.dataclass_config import build
@@ -219,6 +219,9 @@ class Trajectory:
     memory_entries: tuple[str, ...] = ()
     reward: Reward | None = None
     memory_quality: float | None = None
+    # A memory baseline's statistics (LLM calls, tokens, latencies, parse failures); None for
+    # methods without one.
+    memory_stats: baselines.SystemStats | None = None
 
     def __post_init__(self):
         self.ledger = Ledger(t_max=self.env.config.t_max)
@@ -261,8 +264,11 @@ class Trajectory:
             "answer": self.answer,
             "reward": self.reward.as_dict() if self.reward else None,
             "memory_quality": self.memory_quality,
-            "memory": [e.content for e in self.env.ltm.entries()],
+            "memory": list(self.memory_entries)
+            if self.memory_stats is not None
+            else [e.content for e in self.env.ltm.entries()],
             "tool_stats": self.env.metrics(),
+            "memory_system": None if self.memory_stats is None else self.memory_stats.to_json(),
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -287,6 +293,7 @@ class _Rollout:
         self.retrieved: list[dict[str, Any]] = []
         self.last_error: str | None = None
         self.memory: dict[str, str] = {}  # the store after this rollout's previous step
+        self.system: baselines.MemorySystem | None = None  # a memory baseline's, if any
 
 
 class EpisodeRunner:
@@ -295,7 +302,9 @@ class EpisodeRunner:
     `make_env()` returns a fresh `MemoryEnv` (empty store); the K rollouts of a task fork it, so
     they start from one snapshot. `encode_action(text)` turns a text-only action (scripted,
     random) into ids, as the tokenizer would. `method` (methods.py) decides how injected
-    messages enter the context and whether stage 2 starts from a fresh one.
+    messages enter the context and whether stage 2 starts from a fresh one. A memory-baseline
+    method needs `baseline` (`baselines.Harness`): its system ingests the stage-1 messages and
+    its recall for the question is shown right before the question.
     """
 
     def __init__(
@@ -304,18 +313,24 @@ class EpisodeRunner:
         config: EpisodeConfig | Mapping | None = None,
         stop_id: int | None = None,
         method: str | methods.MethodSpec = "agemem",
+        baseline: baselines.Harness | None = None,
     ):
         self.make_env = make_env
         self.cfg = build(EpisodeConfig, config)
         self.stop_id = stop_id
         self.method = methods.method_spec(method)
+        if self.method.memory_system is not None and baseline is None:
+            raise ValueError(
+                f"method {self.method.name!r} runs a memory system: pass baseline= "
+                "(builders.baseline builds it from the config)"
+            )
+        self.baseline = baseline if self.method.memory_system is not None else None
 
     # ------------------------------------------------------------------------------ running
     def run(
         self, tasks: Sequence[Task], policy: Policy, group_size: int = 1, seed: int = 0
     ) -> list[Trajectory]:
         """Episodes of `tasks` x `group_size` rollouts; `seed` reaches the policy's sampler."""
-        cfg = self.cfg
         rollouts: list[_Rollout] = []
         for task in tasks:
             base = self.make_env()
@@ -323,6 +338,18 @@ class EpisodeRunner:
                 env = base.fork() if k else base
                 rollouts.append(_Rollout(Trajectory(task, k, env), len(rollouts)))
 
+        try:
+            return self._run(rollouts, policy, seed)
+        finally:
+            for r in rollouts:
+                if r.system is not None:
+                    r.system.close()
+
+    def _run(self, rollouts: list[_Rollout], policy: Policy, seed: int) -> list[Trajectory]:
+        cfg = self.cfg
+        if self.baseline is not None:
+            for r in rollouts:
+                r.system = self.baseline.new("conversation")
         begin = getattr(policy, "begin", None)
         if begin is not None:
             begin(len(rollouts), seed)
@@ -331,6 +358,7 @@ class EpisodeRunner:
         # Stage 1: LTM construction with introspective retrieval.
         self._stage_start(rollouts, "1", system, reset=True)
         for turn in range(cfg.t1):
+            self._ingest(rollouts, [r.traj.task.conversation[turn] for r in rollouts])
             for r in rollouts:
                 msg = r.traj.task.conversation[turn]
                 self._inject(r, msg, introspect_k=cfg.introspective_top_k)
@@ -338,17 +366,41 @@ class EpisodeRunner:
         # Stage 2: a fresh context (unless the method keeps one), one distractor per turn.
         self._stage_start(rollouts, "2", system, reset=self.method.reset_context)
         for turn in range(cfg.t2):
+            if self.baseline is not None and self.baseline.config.ingest_distractors:
+                self._ingest(rollouts, [r.traj.task.distractors[turn] for r in rollouts])
             for r in rollouts:
                 self._inject(r, r.traj.task.distractors[turn])
             self._turn(rollouts, policy, 2, turn, cfg.max_actions_per_turn, turn == cfg.t2 - 1)
         # Stage 3: the query joins the stage-2 context; Filter/Summary never remove it.
         self._stage_start(rollouts, "3", system, reset=False)
+        self._recall(rollouts, [r.traj.task.question for r in rollouts])
         for r in rollouts:
             self._inject(r, r.traj.task.question, protected=True)
         self._turn(rollouts, policy, 3, 0, cfg.t3, True)
         for r in rollouts:
-            r.traj.memory_entries = tuple(e.content for e in r.env.ltm.entries())
+            if r.system is not None:
+                r.traj.memory_entries = tuple(r.system.memories())
+                r.traj.memory_stats = r.system.stats
+            else:
+                r.traj.memory_entries = tuple(e.content for e in r.env.ltm.entries())
         return [r.traj for r in rollouts]
+
+    def _ingest(self, rollouts: Sequence[_Rollout], texts: Sequence[str]) -> None:
+        """A memory baseline's systems ingest one user message each, batched."""
+        if self.baseline is not None:
+            systems = [r.system for r in rollouts if r.system is not None]
+            self.baseline.ingest(systems, [[("user", t)] for t in texts])
+
+    def _recall(self, rollouts: Sequence[_Rollout], queries: Sequence[str]) -> None:
+        """A memory baseline's recall for each query, shown as a retrieval message."""
+        if self.baseline is None:
+            return
+        systems = [r.system for r in rollouts if r.system is not None]
+        for r, recalls in zip(rollouts, self.baseline.recall(systems, queries), strict=True):
+            results = [{"memory_id": x.id, "content": x.text, "metadata": {}} for x in recalls]
+            r.env.stm.add(
+                "tool", baselines.recall_text(recalls), kind="retrieval", data={"results": results}
+            )
 
     def _inject(self, r: _Rollout, text: str, protected: bool = False, introspect_k: int = 0):
         """The method's hook for an injected message; what it retrieved is this turn's hits."""
@@ -490,7 +542,8 @@ def summarize(trajectories: Sequence[Trajectory], judge_name: str = "rule") -> d
     # Failed judge scores are NaN/None: left out of the means and counted instead.
     failures = sum(r.judge_failures for r in rewards)
     failures += sum(t.memory_quality is None for t in scored)
-    return {
+    with_system = [t.memory_stats for t in trajectories if t.memory_stats is not None]
+    return baselines.summarize_stats(with_system) | {
         "episodes": n,
         "judge": judge_name,
         "judge_failures": failures,

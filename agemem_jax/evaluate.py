@@ -34,15 +34,20 @@ class EvalConfig:
 
 
 def load_policy_stack(config):
-    """(policy, chat, summarize) for `config`; loads the model only if something uses it."""
-    needs_model = config.policy == "model" or config.summarizer == "policy"
+    """(policy, chat, summarize, stack) for `config`; loads the model only if something uses
+    it (the policy, the summarizer, or a memory baseline's LLM calls); stack is None without."""
+    needs_model = (
+        config.policy == "model"
+        or config.summarizer == "policy"
+        or methods.method_spec(config.method).memory_system is not None
+    )
     if not needs_model:
         from agemem_jax.models import load_tokenizer
 
         chat = ChatFormat(load_tokenizer(config.model.checkpoint))
-        return builders.policy(config), chat, None
+        return builders.policy(config), chat, None, None
     stack = builders.model_stack(config)
-    return builders.policy(config, stack), stack.chat, stack.complete
+    return builders.policy(config, stack), stack.chat, stack.complete, stack
 
 
 def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
@@ -72,7 +77,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
 
     out_dir = Path(workdir) / "eval"
     t0 = time.time()
-    policy, chat, complete = load_policy_stack(config)
+    policy, chat, complete, stack = load_policy_stack(config)
     out_dir.mkdir(parents=True, exist_ok=True)  # after loading: a bad checkpoint writes nothing
     summarize_fn = builders.summarizer(config.summarizer, complete)
     make_memory = builders.env_factory(
@@ -81,6 +86,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
     runner = EnvEpisodeRunner(
         config.bench, make_memory, max_tool_turns=config.episode.max_actions_per_turn,
         max_steps=config.episode.max_env_steps, stop_id=chat.im_end, method=config.method,
+        baseline=builders.baseline(config, stack),
     )  # fmt: skip
     specs = envs.tasks(config.bench, config.env)
     if config.data.limit:
@@ -109,10 +115,10 @@ def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True)
     out_dir = Path(workdir) / "eval"
     t0 = time.time()
     judge = builders.judge(config.judge)  # first: a bad judge config fails before the model loads
-    policy, chat, complete = load_policy_stack(config)
+    policy, chat, complete, stack = load_policy_stack(config)
     out_dir.mkdir(parents=True, exist_ok=True)  # after loading: a bad checkpoint writes nothing
     summarize_fn = builders.summarizer(config.summarizer, complete)
-    runner = builders.runner(chat, config, summarize_fn)
+    runner = builders.runner(chat, config, summarize_fn, builders.baseline(config, stack))
     tasks = builders.tasks(config.data, runner.cfg)
     reward_cfg = builders.reward_config(config.reward)
     trajectories: list[Trajectory] = []

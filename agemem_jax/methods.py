@@ -14,6 +14,14 @@ environment and never called by the expert.
 | `agemem_lt`  | Add, Update, Delete       | as `agemem_rag`                  | every step, 5  | yes   |
 | `no_memory`  | none                      | the context only, cut to T_max   | none           | no    |
 | `rag`        | none (raw store, no LLM)  | top-5 retrieval before each step | every step, 5  | yes   |
+| `mem0`, `mem0g`, `a_mem`, `langmem` | none | the system's recall (see below) | stage 3 / every observation | yes |
+
+The four memory baselines (agemem_jax.baselines) run the same episodes with a published memory
+system in place of the agent's tools: in HotpotQA the system ingests every stage-1 message (the
+material AgeMem's stage 1 sees), the stage-2 distractors enter the reset context as for every
+method, and the system's search with the question is shown right before it. In the interactive
+benchmarks the system ingests the task with the first observation and then every action with
+its observation, and its search with each new observation is shown right before it.
 
 Tool grouping: the spec's tool table targets `Retrieve_memory`, `Summary_context` and
 `Filter_context` at STM (retrieval writes into the context) and Add/Update/Delete at LTM;
@@ -76,6 +84,9 @@ class MethodSpec:
     trainable: bool = True  # GRPO applies (False: a prompted baseline)
     hotpotqa_instructions: str | None = None  # None: the runner's configured instructions
     env_instructions: str | None = None  # None: the interactive runner's instructions
+    # A published memory system (agemem_jax.baselines) that ingests what arrives and whose
+    # search is shown before the question (HotpotQA) or before each observation (benchmarks).
+    memory_system: str | None = None
 
     def __post_init__(self):
         T.select_tools(self.tools)  # an unknown tool name is a definition error
@@ -132,6 +143,23 @@ METHODS: dict[str, MethodSpec] = {
             trainable=False,
             hotpotqa_instructions=prompts.RAG_HOTPOTQA_INSTRUCTIONS,
             env_instructions=prompts.RAG_ENV_INSTRUCTIONS,
+        ),
+        *(
+            MethodSpec(
+                name,
+                label,
+                (),
+                trainable=False,
+                memory_system=name,
+                hotpotqa_instructions=prompts.BASELINE_HOTPOTQA_INSTRUCTIONS,
+                env_instructions=prompts.BASELINE_ENV_INSTRUCTIONS,
+            )
+            for name, label in (
+                ("mem0", "Mem0"),
+                ("mem0g", "Mem0g"),
+                ("a_mem", "A-Mem"),
+                ("langmem", "LangMem"),
+            )
         ),
     )
 }

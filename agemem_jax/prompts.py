@@ -158,3 +158,135 @@ JUDGE_RUBRICS = {
         "to answer it and nothing unrelated, and 0 when none of them helps."
     ),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory baselines (agemem_jax.baselines): our wording of each system's published pipeline.
+# Every reply is a JSON object; the examples show its shape to small models.
+
+BASELINE_HOTPOTQA_INSTRUCTIONS = (
+    f"You are a helpful assistant. {HOTPOTQA_STAGES} A memory system keeps what the user "
+    "shares; when the question comes, what it recalls is shown to you just before it."
+)
+
+BASELINE_ENV_INSTRUCTIONS = (
+    f"{ENV_BASE} A memory system keeps what you did and observed; before each observation, "
+    "what it recalls is shown to you."
+)
+
+BASELINE_RECALL = "Recalled from memory:\n{items}"  # {items}: one "- text" line per memory
+BASELINE_RECALL_EMPTY = "Recalled from memory: nothing."
+
+# The material a system ingests from an interactive benchmark: the start, then every step.
+BASELINE_ENV_FIRST = "Task: {task}\nObservation: {observation}"
+BASELINE_ENV_STEP = "Action: {action}\nObservation: {observation}"
+
+# -- Mem0: fact extraction, then one update decision over the nearest memories.
+
+MEM0_EXTRACT_CONVERSATION = """\
+You keep a record of what a user tells you. From the user's messages, list every fact worth \
+remembering later: facts about people, places, organizations, works, events, dates and numbers, \
+as well as the user's own details, preferences and plans. Write each fact as one short sentence \
+that makes sense on its own. Skip greetings and small talk. Reply with JSON only, for example \
+{"facts": ["Marie Curie was born in Warsaw.", "The user likes jazz."]}, or {"facts": []} when \
+there is nothing to keep."""
+
+MEM0_EXTRACT_ENVIRONMENT = """\
+You keep a record for an agent that acts in a text environment. From the action and observation \
+below, list the facts that will help the agent finish its task later: where things are, what \
+containers or rooms hold, what the agent carries, what it tried and whether that worked. Write \
+each fact as one short sentence that makes sense on its own. Reply with JSON only, for example \
+{"facts": ["The mug is in cabinet 2.", "Drawer 1 is empty."]}, or {"facts": []} when nothing \
+is worth keeping."""
+
+MEM0_EXTRACT_USER = "{transcript}"
+
+MEM0_UPDATE = """\
+You maintain a memory store. You get the current memories, each with an id, and new facts. \
+Compare each new fact with the memories and choose one event:
+- ADD: the fact is new; give it the text of the new memory.
+- UPDATE: the fact says more about what a memory already covers; keep that memory's id and \
+write the more informative text.
+- DELETE: the fact contradicts a memory; give that memory's id.
+- NONE: a memory already says the same; nothing changes.
+Use only the ids you were given; an ADD needs no id. Reply with JSON only, for example \
+{"memory": [{"id": "0", "text": "Alice lives in Paris and works at a bakery.", \
+"event": "UPDATE", "old_memory": "Alice lives in Paris."}, {"text": "Bob plays chess.", \
+"event": "ADD"}, {"id": "1", "text": "...", "event": "NONE"}]}"""
+
+MEM0_UPDATE_USER = "Current memories:\n{memories}\n\nNew facts:\n{facts}"
+
+# -- Mem0g: entities, relations, outdated edges.
+
+MEM0G_ENTITIES = """\
+List the entities in the text: people, places, organizations, works, dates, objects and \
+concepts. When the text speaks of the user in the first person (I, me, my), use the entity \
+"user". Reply with JSON only, for example {"entities": [{"entity": "Marie Curie", \
+"entity_type": "person"}, {"entity": "Warsaw", "entity_type": "city"}]}."""
+
+MEM0G_RELATIONS = """\
+Below are a text and the entities found in it. List the relations the text states explicitly \
+between these entities, as source, relationship and destination. Use the entity names exactly as \
+listed and write the relationship in lowercase words joined by underscores. Reply with JSON \
+only, for example {"relations": [{"source": "Marie Curie", "relationship": "born_in", \
+"destination": "Warsaw"}]}, or {"relations": []} when the text states none."""
+
+MEM0G_RELATIONS_USER = "Text:\n{text}\n\nEntities: {entities}"
+
+MEM0G_DELETE = """\
+You keep a knowledge graph current. Below are relations already in the graph and new \
+information. List the existing relations that the new information contradicts or makes \
+outdated. Keep relations that can hold several values at once (a person can have many friends). \
+Reply with JSON only, for example {"delete": [{"source": "Alice", "relationship": "lives_in", \
+"destination": "Paris"}]}, or {"delete": []} when nothing is outdated."""
+
+MEM0G_DELETE_USER = "Existing relations:\n{relations}\n\nNew information:\n{text}"
+
+# -- A-Mem: note analysis, evolution over the nearest notes, query keywords.
+
+AMEM_ANALYZE = """\
+Analyze a note for a knowledge base. Give at least three keywords, the most important first; \
+one sentence of context that says what the note is about and its key points; and at least \
+three tags that classify it. Reply with JSON only, for example {"keywords": ["Curie", \
+"physics", "Nobel Prize"], "context": "The career of Marie Curie.", "tags": ["science", \
+"biography", "history"]}."""
+
+AMEM_EVOLVE = """\
+You organize a network of notes. A new note arrives together with its nearest notes, numbered \
+from 0. Decide whether the network should evolve. There are two actions:
+- "strengthen": link the new note to related notes (their numbers in suggested_connections) \
+and give the new note's tags (tags_to_update);
+- "update_neighbor": rewrite the context and tags of the nearest notes in the light of the new \
+one (new_context_neighborhood and new_tags_neighborhood: one entry per nearest note, in their \
+order; repeat an entry to keep it).
+Reply with JSON only, for example {"should_evolve": true, "actions": ["strengthen"], \
+"suggested_connections": [0], "tags_to_update": ["science"], "new_context_neighborhood": [], \
+"new_tags_neighborhood": []}, or {"should_evolve": false, "actions": []}."""
+
+AMEM_EVOLVE_USER = (
+    "New note:\ncontent: {content}\ncontext: {context}\nkeywords: {keywords}\n\n"
+    "Nearest notes:\n{neighbours}"
+)
+
+AMEM_NOTE = "{label}: content: {content} | context: {context} | keywords: {keywords} | tags: {tags}"
+
+AMEM_QUERY = """\
+Turn the question into search keywords for a notes database. Reply with JSON only, for \
+example {"keywords": ["Marie Curie", "birthplace"]}."""
+
+# -- LangMem: one extraction pass over the conversation and the closest memories.
+
+LANGMEM_EXTRACT = """\
+You manage the long-term memory of an assistant. Read the conversation and the existing \
+memories, each with its id. Extract the facts worth keeping, with enough context that each \
+stands alone; fix memories that the conversation shows to be wrong or outdated; merge \
+redundant ones. Prefer surprising or lasting information, and keep every memory dense and \
+distinct from the others. Reply with JSON only, for example {"actions": [{"action": "insert", \
+"content": "Alice moved to Paris in 2020."}, {"action": "patch", "id": "<an existing id>", \
+"content": "..."}]}, or {"actions": []} when nothing changes."""
+
+LANGMEM_DELETE_RULE = (
+    ' You may also remove a memory that is wrong with {"action": "delete", "id": "<id>"}.'
+)
+
+LANGMEM_EXTRACT_USER = "Existing memories:\n{memories}\n\nConversation:\n{transcript}"

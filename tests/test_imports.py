@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "agemem_jax"
 LEARNER = {"grpo", "train_step", "rl_loss", "packing", "optim", "checkpointing"}
-MEMORY = {"ltm", "stm", "memory_env", "tools", "protocol", "methods", "summarizers"}
+MEMORY = {"ltm", "stm", "memory_env", "tools", "protocol", "methods", "summarizers", "baselines"}
 EPISODES = {"episodes", "env_episodes", "evaluate", "builders", "config_lib"}
 
 
@@ -80,6 +80,8 @@ def test_no_cycles():
         ("memory_env", LEARNER | EPISODES | {"policies", "judges", "rewards"}),
         ("rewards", LEARNER | EPISODES | {"policies", "memory_env"}),
         ("judges", LEARNER | EPISODES | {"rewards", "memory_env", "policies"}),
+        # A memory baseline drives the sampler and its own stores; it knows no episode.
+        ("baselines", LEARNER | EPISODES | {"policies", "judges", "rewards", "memory_env"}),
     ],
 )
 def test_layers_point_downward(layer, forbidden):

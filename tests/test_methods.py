@@ -96,20 +96,20 @@ def run_hotpotqa(chat, method: str, n_tasks: int = 2, t_max: int = 8192, sample=
 
 
 def test_unknown_method_is_one_clear_error(chat, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown method 'mem0'; choose one of agemem, "):
-        methods.method_spec("mem0")
-    with pytest.raises(ValueError, match="unknown method 'mem0'"):
-        EpisodeRunner(lambda: None, method="mem0")
-    with pytest.raises(ValueError, match="unknown method 'mem0'"):
-        EnvEpisodeRunner("pddl", lambda: None, method="mem0")
+    with pytest.raises(ValueError, match=r"unknown method 'memgpt'; choose one of agemem, "):
+        methods.method_spec("memgpt")
+    with pytest.raises(ValueError, match="unknown method 'memgpt'"):
+        EpisodeRunner(lambda: None, method="memgpt")
+    with pytest.raises(ValueError, match="unknown method 'memgpt'"):
+        EnvEpisodeRunner("pddl", lambda: None, method="memgpt")
     config = base_config()
-    config.method = "mem0"
-    with pytest.raises(ValueError, match="unknown method 'mem0'"):
+    config.method = "memgpt"
+    with pytest.raises(ValueError, match="unknown method 'memgpt'"):
         evaluate(config, tmp_path)
     out = subprocess.run(
         [
             sys.executable, "experiments/eval.py", "--config=configs/hotpotqa.py",
-            f"--workdir={tmp_path}", "--config.method=mem0",
+            f"--workdir={tmp_path}", "--config.method=memgpt",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -121,7 +121,7 @@ def test_unknown_method_is_one_clear_error(chat, tmp_path):
 def test_training_refuses_prompted_baselines():
     from agemem_jax import grpo
 
-    for name in ("no_memory", "rag"):
+    for name in ("no_memory", "rag", "mem0", "mem0g", "a_mem", "langmem"):
         config = from_file("configs/hotpotqa_grpo.py", "tiny_cpu")
         config.method = name
         with pytest.raises(ValueError, match=f"method '{name}' is a prompted baseline"):
