@@ -277,9 +277,18 @@ class EpisodeRunner:
 
     # ------------------------------------------------------------------------------ running
     def run(
-        self, tasks: Sequence[Task], policy: Policy, group_size: int = 1, seed: int = 0
+        self,
+        tasks: Sequence[Task],
+        policy: Policy,
+        group_size: int = 1,
+        seed: int = 0,
+        first_row: int = 0,
     ) -> list[Trajectory]:
-        """Episodes of `tasks` x `group_size` rollouts; `seed` reaches the policy's sampler."""
+        """Episodes of `tasks` x `group_size` rollouts; `seed` reaches the policy's sampler.
+
+        `first_row` is the index of these rollouts' first row in a batch split over hosts: the
+        sampler draws by global row, so a host's share samples exactly as the whole batch would.
+        """
         cfg = self.cfg
         rollouts: list[_Rollout] = []
         for task in tasks:
@@ -290,7 +299,7 @@ class EpisodeRunner:
 
         begin = getattr(policy, "begin", None)
         if begin is not None:
-            begin(len(rollouts), seed)
+            begin(len(rollouts), seed, first_row) if first_row else begin(len(rollouts), seed)
         instructions = self.method.hotpotqa_instructions or cfg.instructions
         system = rollouts[0].env.system_prompt(instructions) if rollouts else ""
         # Stage 1: LTM construction with introspective retrieval.
