@@ -286,6 +286,8 @@ def grpo_step(s: Setup, step: int) -> dict[str, Any]:
     )
     score(trajs, s.judge, s.runner.cfg, s.reward_cfg)
     rollout_s = time.perf_counter() - t0
+    logging.info("step %d: this host ran groups %d..%d of %d (%d episodes)",
+                 step + 1, lo, hi - 1, b, len(trajs))  # fmt: skip
     rewards = np.asarray([_total(tr) for tr in trajs], np.float64).reshape(hi - lo, k)
     adv = rl_loss.group_advantages(rewards, eps=g.advantage_eps, unknown="zero")
     rows = rows_from(trajs, adv)
