@@ -131,6 +131,7 @@ class Trainer:
         update: Any = None,
         mesh: Mesh | Sequence[int] | None = None,
         rules: shd.Rules | str = "train",
+        abstract: bool = False,
     ):
         self.loss_cfg = build(rl_loss.LossConfig, loss)
         self.optim_cfg = build(OptimConfig, optim)
@@ -162,26 +163,32 @@ class Trainer:
 
         self.graphdef, params = nnx.split(model)
         self.param_shardings = shd.state_shardings(params, mesh, self.rules)
-        self.params = jax.device_put(params, self.param_shardings)
-        copy = jax.jit(
-            lambda p: jax.tree.map(jnp.copy, p),
-            in_shardings=(self.param_shardings,),
-            out_shardings=self.param_shardings,
-        )
-        self.ref_params = copy(self.params) if self.loss_cfg.kl_beta > 0 else None
-
         self.tx, self.schedule = make_optimizer(self.optim_cfg)
         rep = _replicated(mesh)
         self.opt_shardings = optax.tree_map_params(
             self.tx,
             lambda _, s: s,
-            jax.eval_shape(self.tx.init, self.params),
+            jax.eval_shape(self.tx.init, params),
             self.param_shardings,
             transform_non_params=lambda _: rep,
         )
-        self.opt_state = jax.jit(
-            self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings
-        )(self.params)
+        if abstract:
+            # Shapes and shardings only (`nnx.eval_shape` models): the programs can be lowered
+            # and compiled for their memory (experiments/plan.py), never run.
+            self.params = _abstract(params, self.param_shardings)
+            self.ref_params = self.params if self.loss_cfg.kl_beta > 0 else None
+            self.opt_state = _abstract(jax.eval_shape(self.tx.init, params), self.opt_shardings)
+        else:
+            self.params = jax.device_put(params, self.param_shardings)
+            copy = jax.jit(
+                lambda p: jax.tree.map(jnp.copy, p),
+                in_shardings=(self.param_shardings,),
+                out_shardings=self.param_shardings,
+            )
+            self.ref_params = copy(self.params) if self.loss_cfg.kl_beta > 0 else None
+            self.opt_state = jax.jit(
+                self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings
+            )(self.params)
         self.num_updates = 0
         self._batch_sharding = shd.batch_sharding(mesh, self.rules, 2)
         self._batch_shardings = PackedBatch(*[self._batch_sharding] * len(PackedBatch._fields))
@@ -304,6 +311,11 @@ class Trainer:
             ]
         )
 
+    def program(self, name: str):
+        """A compiled-on-first-call update program by name ('logprobs', '{rl,sft}_zero',
+        '{rl,sft}_micro', 'apply', 'gather'), e.g. to lower it for its memory analysis."""
+        return self._program(name)
+
     def _program(self, name: str):
         if name not in self._programs:
             self._programs[name] = self._build(name)
@@ -420,6 +432,12 @@ class Trainer:
             out_shardings=(p_sh, o_sh, rep),
             donate_argnums=(0, 1),
         )
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+    )
 
 
 def _batch_mesh_axes(rules: shd.Rules) -> tuple[str, ...]:
