@@ -9,11 +9,16 @@ variables below name it.
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
 # Set by launch/local_multiprocess.sh and by hand on clusters JAX cannot auto-detect.
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
@@ -76,3 +81,62 @@ def initialize(multihost: bool | None = None, cpu_collectives: str = "gloo") -> 
 def is_main() -> bool:
     """Only the first process writes logs, metrics and exports; all of them checkpoint."""
     return jax.process_index() == 0
+
+
+def host_share(n: int, what: str = "items") -> tuple[int, int]:
+    """[start, stop) of this process's equal share of `n` items (tasks, groups, eval tasks).
+
+    Shares are contiguous and in process order, which is also the order of the processes'
+    devices along a mesh's batch axis: host p's rows land in the p-th block of a global array.
+    """
+    hosts, index = jax.process_count(), jax.process_index()
+    if n % hosts:
+        raise ValueError(
+            f"{n} {what} do not split evenly over {hosts} processes; make it a multiple of "
+            f"{hosts} so every host runs the same amount of work"
+        )
+    per = n // hosts
+    return index * per, (index + 1) * per
+
+
+def allgather_ints(values: Sequence[int]) -> np.ndarray:
+    """Every process's `values` (same length everywhere), stacked `[processes, len]`."""
+    local = np.asarray(values, np.int64).reshape(-1)
+    if jax.process_count() == 1:
+        return local[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
+
+
+def allgather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-able `obj`, in process order (host-side values of any shape)."""
+    if jax.process_count() == 1:
+        return [json.loads(json.dumps(obj))]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    longest = int(allgather_ints([data.size]).max())
+    padded = np.zeros(longest, np.uint8)
+    padded[: data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), -1)
+    return [json.loads(bytes(r).rstrip(b"\0").decode()) for r in rows]
+
+
+def local_mesh(shape: Sequence[int], axes: Sequence[str] = ("data", "fsdp", "tensor")) -> Mesh:
+    """A mesh of this process's own devices, shaped like the global mesh `shape`.
+
+    Rollouts run host by host, so each host samples on its local devices only. The tensor axis
+    keeps its size when it divides the local device count (else 1); everything else goes to
+    the batch axes, split as the global shape splits them.
+    """
+    devices = jax.local_devices()
+    n = len(devices)
+    shape = list(shape)
+    tensor = shape[-1] if shape[-1] > 0 and n % shape[-1] == 0 else 1
+    rest = n // tensor
+    data = shape[0] if shape[0] > 0 and rest % shape[0] == 0 else 1
+    local = (data, rest // data, tensor)
+    if math.prod(local) != n:
+        raise ValueError(f"cannot shape {n} local devices like the mesh {tuple(shape)}")
+    return Mesh(np.asarray(devices).reshape(local), tuple(axes))

@@ -328,9 +328,18 @@ class EpisodeRunner:
 
     # ------------------------------------------------------------------------------ running
     def run(
-        self, tasks: Sequence[Task], policy: Policy, group_size: int = 1, seed: int = 0
+        self,
+        tasks: Sequence[Task],
+        policy: Policy,
+        group_size: int = 1,
+        seed: int = 0,
+        first_row: int = 0,
     ) -> list[Trajectory]:
-        """Episodes of `tasks` x `group_size` rollouts; `seed` reaches the policy's sampler."""
+        """Episodes of `tasks` x `group_size` rollouts; `seed` reaches the policy's sampler.
+
+        `first_row` is the index of these rollouts' first row in a batch split over hosts: the
+        sampler draws by global row, so a host's share samples exactly as the whole batch would.
+        """
         rollouts: list[_Rollout] = []
         for task in tasks:
             base = self.make_env()
@@ -339,20 +348,22 @@ class EpisodeRunner:
                 rollouts.append(_Rollout(Trajectory(task, k, env), len(rollouts)))
 
         try:
-            return self._run(rollouts, policy, seed)
+            return self._run(rollouts, policy, seed, first_row)
         finally:
             for r in rollouts:
                 if r.system is not None:
                     r.system.close()
 
-    def _run(self, rollouts: list[_Rollout], policy: Policy, seed: int) -> list[Trajectory]:
+    def _run(
+        self, rollouts: list[_Rollout], policy: Policy, seed: int, first_row: int
+    ) -> list[Trajectory]:
         cfg = self.cfg
         if self.baseline is not None:
             for r in rollouts:
                 r.system = self.baseline.new("conversation")
         begin = getattr(policy, "begin", None)
         if begin is not None:
-            begin(len(rollouts), seed)
+            begin(len(rollouts), seed, first_row) if first_row else begin(len(rollouts), seed)
         instructions = self.method.hotpotqa_instructions or cfg.instructions
         system = rollouts[0].env.system_prompt(instructions) if rollouts else ""
         # Stage 1: LTM construction with introspective retrieval.

@@ -8,6 +8,17 @@ raw log-probs); the trainer runs its epochs/minibatches over the packed rows.
 The loop state is the step; the data cursor, the sampler seed and the minibatch shuffle are all
 derived from it (and the optimizer update count), so a run killed anywhere resumes from its
 last checkpoint to exactly the same parameters and metrics. SIGTERM (preemption) saves first.
+
+Several processes (hosts) split the rollouts: each runs an equal, contiguous share of the B
+tasks, all K rollouts of each. Keeping a group on one host means its advantages (mean and
+std over the group's K rewards) need nothing from another host; splitting groups would save
+nothing, since rollout cost is per episode, and would add an exchange of rewards before any
+row could be built. A host's share is a function of the step and the process index alone,
+and its sampler rows draw by their row in the whole B·K batch (`first_row`), so the rollouts
+are those one process would run, and a resume replays them exactly. The step rows of every
+host then feed the one sharded update (`Trainer.step`, a global batch made of every host's
+block); rollout metrics are reduced over hosts; only process 0 writes metrics and exports,
+while every process takes part in the (collective) checkpoint saves.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from agemem_jax.chat import ChatFormat
 from agemem_jax.checkpointing import Checkpointer
 from agemem_jax.data import Task
 from agemem_jax.dataclass_config import build as build_block
-from agemem_jax.distributed import is_main
+from agemem_jax.distributed import allgather_ints, allgather_json, host_share, is_main, local_mesh
 from agemem_jax.episodes import EpisodeRunner, Trajectory, summarize
 from agemem_jax.judges import Judge
 from agemem_jax.metrics_log import MetricsWriter, write_config
@@ -188,10 +199,14 @@ def build(config) -> Setup:
             "distribution is a point mass, so no importance weight can relate it to π_old; "
             "sample with temperature > 0 (non-default temperature/top-k/top-p are corrected)"
         )
-    model, tokenizer = models.load(config.model, seed=config.seed)
     g = build_block(GRPOConfig, config.grpo)
+    host_share(g.tasks_per_step, "tasks per step (grpo.tasks_per_step)")  # fails before loading
+    model, tokenizer = models.load(config.model, seed=config.seed)
     trainer = _trainer(model, config, g.loss)
     mesh = trainer.mesh if trainer.mesh.size > 1 else None
+    if trainer.hosts > 1:  # each host samples its own rollouts on its own devices
+        mesh = local_mesh(build_block(MeshConfig, config.mesh).shape)
+        mesh = mesh if mesh.size > 1 else None
     stack = ModelStack(
         trainer.model,
         tokenizer,
@@ -221,14 +236,18 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
     start = _resume(ckpt, s.trainer)
     writer.truncate_after(start)  # also when no checkpoint survived: lines past it are redone
     history = []
+    stop = False
     bar = tqdm(
-        range(start, t.steps), initial=start, total=t.steps, desc="grpo", disable=not progress
-    )
+        range(start, t.steps), initial=start, total=t.steps, desc="grpo",
+        disable=not (progress and is_main()),
+    )  # fmt: skip
     # On an exception too (a judge that stops answering, say), the checkpoint being written
     # finishes, so the run resumes from it.
     with _Preemption() as preempt, _closing(ckpt, writer):
         for step in bar:
             metrics = grpo_step(s, step)
+            # A SIGTERM reaching one host stops them all at the same step (saves are collective).
+            stop = bool(allgather_ints([preempt.requested]).max())
             history.append(metrics)
             writer.write(step + 1, metrics)
             faults.point("metrics")
@@ -241,13 +260,15 @@ def train(config, workdir: str | Path, progress: bool = True) -> list[dict[str, 
             loop = {"step": step + 1, "num_updates": s.trainer.num_updates}
             ckpt.save(
                 step + 1, s.trainer.params, s.trainer.opt_state, loop, config.to_dict(),
-                force=preempt.requested or step + 1 == t.steps,
+                force=stop or step + 1 == t.steps,
             )  # fmt: skip
             faults.point("checkpoint")  # the save is still being written in the background
-            if preempt.requested:
+            if stop:
                 break
-    if t.export and is_main() and s.trainer.num_updates and not preempt.requested:
-        export(s.trainer.model, s.stack.tokenizer, workdir / "export")
+    if t.export and s.trainer.num_updates and not stop:
+        model = s.trainer.host_model()  # collective: every process gathers, process 0 writes
+        if is_main():
+            export(model, s.stack.tokenizer, workdir / "export")
     return history
 
 
@@ -293,27 +314,85 @@ def grpo_step(s: Setup, step: int) -> dict[str, Any]:
     b, k = g.tasks_per_step, g.group_size
     cursor = (step * b) % len(s.tasks)
     batch = [s.tasks[(cursor + i) % len(s.tasks)] for i in range(b)]
+    lo, hi = host_share(b, "tasks per step (grpo.tasks_per_step)")  # this host's whole groups
     t0 = time.perf_counter()
-    s.stack.set_model(s.trainer.model)
-    trajs = s.runner.run(batch, s.stack.policy, group_size=k, seed=step_seed(s.seed, step))
+    s.stack.set_model(s.trainer.host_model())
+    trajs = s.runner.run(
+        batch[lo:hi], s.stack.policy, group_size=k, seed=step_seed(s.seed, step), first_row=lo * k
+    )
     faults.point("rollout")
     score(trajs, s.judge, s.runner.cfg, s.reward_cfg)
     rollout_s = time.perf_counter() - t0
-    rewards = np.asarray([_total(tr) for tr in trajs], np.float64).reshape(b, k)
+    logging.info("step %d: this host ran groups %d..%d of %d (%d episodes)",
+                 step + 1, lo, hi - 1, b, len(trajs))  # fmt: skip
+    rewards = np.asarray([_total(tr) for tr in trajs], np.float64).reshape(hi - lo, k)
     adv = rl_loss.group_advantages(rewards, eps=g.advantage_eps, unknown="zero")
     rows = rows_from(trajs, adv)
-    update = s.trainer.step(rows)
+    update = s.trainer.step(rows)  # collective: every host's rows in one sharded update
     faults.point("update")
     calls = Counter(c.name for tr in trajs for c in tr.calls())
-    out = rollout_metrics(trajs, k)
+    local = {
+        "rewards": rewards.reshape(-1).tolist(),
+        "episodes": len(trajs),
+        "steps": sum(len(tr.steps) for tr in trajs),
+        "metrics": rollout_metrics(trajs, k),
+        "tokens_sampled": int(sum(len(st.action_ids) for tr in trajs for st in tr.steps)),
+        "step_rows": len(rows),
+        "tool_calls_total": sum(calls.values()),
+        "sampler": dict(s.stack.policy.stats),
+        "rollout_seconds": rollout_s,
+    }
+    out = reduce_host_rollouts(allgather_json(local), k)
     out.update(update)
+    out["step"] = step + 1
+    return out
+
+
+# How each rollout count combines over hosts; every other metric is a mean (module docstring).
+_SUMMED = ("judge_failures", "unscored_episodes", "tokens_sampled", "step_rows", "tool_calls_total")
+_PER_STEP = ("prompt_tokens", "format_error_rate")  # means over steps, weighted by step count
+
+
+def reduce_host_rollouts(parts: Sequence[dict[str, Any]], group_size: int) -> dict[str, Any]:
+    """One step's rollout metrics from every host's local record (`grpo_step`), in host order.
+
+    The reward statistics are recomputed from all rewards (host order is group order); counts
+    are summed; per-step means are weighted by steps, per-episode means by episodes; the
+    rollout time is the slowest host's. With one host these are its own metrics. A mean that
+    skips unknown (NaN) values is combined by episodes, so with judge failures it is the mean
+    of the host means, not of all known values.
+    """
+    out: dict[str, Any]
+    if len(parts) == 1:
+        p = parts[0]
+        out = dict(p["metrics"])
+        out.update({k: p[k] for k in _SUMMED if k in p}, sampler=p["sampler"])
+        out["rollout_seconds"] = p["rollout_seconds"]
+        return out
+    rewards = np.asarray([r for p in parts for r in p["rewards"]], np.float64)
+    known = rewards[np.isfinite(rewards)]
+    episodes = np.asarray([p["episodes"] for p in parts], np.float64)
+    steps = np.asarray([p["steps"] for p in parts], np.float64)
+
+    def mean(values: list, weights: np.ndarray) -> Any:
+        if isinstance(values[0], dict):
+            return {key: mean([v[key] for v in values], weights) for key in values[0]}
+        return float(np.sum(np.asarray(values, np.float64) * weights) / max(weights.sum(), 1))
+
+    out = {}
+    for key in parts[0]["metrics"]:
+        values = [p["metrics"][key] for p in parts]
+        if key in _SUMMED:
+            out[key] = sum(values)
+        else:
+            out[key] = mean(values, steps if key in _PER_STEP else episodes)
+    out.update({k: sum(p[k] for p in parts) for k in _SUMMED if k in parts[0]})
     out.update(
-        step=step + 1,
-        tokens_sampled=int(sum(len(st.action_ids) for tr in trajs for st in tr.steps)),
-        step_rows=len(rows),
-        rollout_seconds=rollout_s,
-        tool_calls_total=sum(calls.values()),
-        sampler=dict(s.stack.policy.stats),
+        reward_mean=float(known.mean()) if known.size else float("nan"),
+        reward_std=float(known.std()) if known.size else float("nan"),
+        reward_group_std=float(rewards.reshape(-1, group_size).std(axis=1, ddof=1).mean()),
+        sampler={key: sum(p["sampler"][key] for p in parts) for key in parts[0]["sampler"]},
+        rollout_seconds=max(p["rollout_seconds"] for p in parts),
     )
     return out
 

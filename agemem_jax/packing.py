@@ -112,6 +112,7 @@ class Packed:
     locations: list[tuple[int, int, int, int, int] | None]
     real_tokens: int
     dropped: int
+    filled_rows: int = 0  # packed rows that hold data (the rest of the micro-batches is padding)
 
     @property
     def padded_tokens(self) -> int:
@@ -198,7 +199,14 @@ def _chains(seqs: list, merge: bool) -> list[list]:
     return chains
 
 
-def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) -> Packed:
+def pack(
+    rows: Sequence[StepRow],
+    cfg: PackingConfig | Any = None,
+    *,
+    row_len: int | None = None,
+    packed_rows: int | None = None,
+    **overrides,
+) -> Packed:
     """First-fit-decreasing packing of step rows into bucketed `[rows, row_len]` micro-batches.
 
     Full micro-batches hold `tokens_per_micro // row_len` rows (rounded to `row_multiple`); the
@@ -206,6 +214,11 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
     multiple of `row_multiple`. Rows without any loss token are dropped (they add nothing to
     the numerator or the denominator). With `merge_prefixes`, rows that extend the previous
     row are packed as one chain (module docstring).
+
+    Hosts that each pack their own rows into one global batch must agree on the shapes:
+    `row_len` fixes the packed row length (at least what the rows need) and `packed_rows`
+    pads the number of packed rows up to a count (empty rows: segment 0, no loss). With
+    `packed_rows`, a host whose rows carry no loss token contributes padding alone.
     """
     cfg = build(PackingConfig, cfg, **overrides)
     seqs = []  # (index, tokens, mask, old, sampler)
@@ -221,12 +234,15 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
                 f"step row {i}: {tokens.size} tokens exceed max_row_len={cfg.max_row_len} + 1"
             )
         seqs.append((i, tokens, mask, old, sampler))
-    if not seqs:
+    if not seqs and not packed_rows:
         raise ValueError(f"nothing to train: all {len(rows)} step rows have no loss token")
     chains = _chains(seqs, cfg.merge_prefixes)
     length = [c[-1][1].size - 1 for c in chains]  # positions of each chain
 
-    row_len = _next_bucket(max(length), cfg.min_row_len, cfg.max_row_len)
+    need = _next_bucket(max(length, default=1), cfg.min_row_len, cfg.max_row_len)
+    if row_len is not None and row_len < need:
+        raise ValueError(f"row_len={row_len} is shorter than the {need} positions the rows need")
+    row_len = need if row_len is None else int(row_len)
     # First fit decreasing: long chains first, each into the first packed row with room.
     order = sorted(range(len(chains)), key=lambda j: (-length[j], chains[j][0][0]))
     fill: list[int] = []
@@ -241,10 +257,11 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
             fill.append(length[j])
             members.append([j])
 
+    n_packed = max(len(members), packed_rows or 0)
     mult = cfg.row_multiple
     full = max(mult, (cfg.tokens_per_micro // row_len) // mult * mult)
-    sizes = [full] * (len(members) // full)
-    rest = len(members) - sum(sizes)
+    sizes = [full] * (n_packed // full)
+    rest = n_packed - sum(sizes)
     if rest:
         sizes.append(min(_next_bucket(rest, mult, full), full))
 
@@ -281,7 +298,7 @@ def pack(rows: Sequence[StepRow], cfg: PackingConfig | Any = None, **overrides) 
                 real += n
             packed_row += 1
         micro_batches.append(PackedBatch(ids, tgt, pos, seg, lmask, old_lp, adv, lids, smp_lp))
-    return Packed(micro_batches, locations, real, dropped)
+    return Packed(micro_batches, locations, real, dropped, len(members))
 
 
 def split_minibatches(

@@ -60,7 +60,8 @@ class Action:
 
 class Policy(Protocol):
     """`act` answers one view per active rollout. A policy may also define `begin(n_rows, seed)`,
-    which the runner calls before a batch of episodes (the model policy sizes its sampler)."""
+    which the runner calls before a batch of episodes (the model policy sizes its sampler); a
+    host running its share of a split batch also passes `row_offset`, its first row."""
 
     name: str
 
@@ -292,8 +293,9 @@ class ModelPolicy:
         self._cached: list[tuple[int, ...]] = []
         self.stats = {"prefilled_tokens": 0, "row_resets": 0, "generated_tokens": 0}
 
-    def begin(self, n_rows: int, seed: int = 0) -> None:
-        """A fresh session for a batch of episodes; it reads the model's current weights."""
+    def begin(self, n_rows: int, seed: int = 0, row_offset: int = 0) -> None:
+        """A fresh session for a batch of episodes; it reads the model's current weights.
+        `row_offset` is where these rows start in a batch split over hosts (sampler draws)."""
         self.session = SamplerSession(
             self.model,
             self.tokenizer,
@@ -301,6 +303,7 @@ class ModelPolicy:
             max_len=self.max_len,
             stop=self.sampling.stop,
             seed=seed,
+            row_offset=row_offset,
             mesh=self.mesh,
             rules=self.rules,
         )

@@ -337,6 +337,7 @@ def _decode(
     last_hidden,
     limit,
     key,
+    row_offset,
     temperature,
     top_p,
     eos_ids,
@@ -359,7 +360,7 @@ def _decode(
     """
     _TRACES["decode"] += 1
     model = nnx.merge(graphdef, params)
-    rows = jnp.arange(turn.index.shape[0])
+    rows = jnp.arange(turn.index.shape[0]) + row_offset
     q_pad = stop_table.shape[1]
 
     def sample_and_record(c: _Turn, logits: Array) -> _Turn:
@@ -463,6 +464,8 @@ class SamplerSession:
       eos_ids: token ids that end a row; default `default_eos_ids`.
       seed: PRNG seed. A row's draws depend only on the seed, its row index and how many tokens
         it has drawn, so a run is reproducible whatever the other rows do.
+      row_offset: added to every row index in the draws. A host that runs rows i..j of a batch
+        split over hosts passes i, so each row draws what it would in one unsplit batch.
       mesh, rules: with a mesh, rows are sharded over the `batch` rule and weights by `rules`.
       min_slots: smallest cache bucket.
       prefill_chunk: longest chunk prefilled in one program call; longer prompts are prefilled
@@ -479,6 +482,7 @@ class SamplerSession:
         stop: Sequence[str] = (),
         eos_ids: Sequence[int] | None = None,
         seed: int = 0,
+        row_offset: int = 0,
         mesh: jax.sharding.Mesh | None = None,
         rules: shd.Rules | str = "sample",
         min_slots: int = 64,
@@ -507,6 +511,9 @@ class SamplerSession:
         self.num_rows = batch_size
         self.batch_size = -(-batch_size // shards) * shards
         self._key = jax.random.key(seed)
+        if row_offset < 0:
+            raise ValueError(f"row_offset must be >= 0, got {row_offset}")
+        self._row_offset = jnp.int32(row_offset)
         self._graphdef, self._params = None, None
         self._cache: KVCache | None = None
         # Per-row PRNG counters live as long as the session, so later batches never replay the
@@ -693,6 +700,7 @@ class SamplerSession:
         args = (
             self._place(limit, ("batch",)),
             self._key,
+            self._row_offset,
             jnp.float32(sampling.temperature or 1.0),
             jnp.float32(sampling.top_p),
             eos,

@@ -17,6 +17,15 @@ logits is alive at a time, forward or backward (Qwen's vocabulary is 151,936).
     policy = trainer.model                   # current params as a Decoder, for the sampler
 
 Updates donate the parameter buffers: take `trainer.model` afresh after each update.
+
+Several processes (hosts). Every process calls `step` with its own step rows (its share of
+the rollouts). Each packs them locally into micro-batches whose shapes all hosts agree on (two
+tiny all-gathers: the row length, then the packed-row count, padding with empty rows), and
+these local blocks become one global array (`jax.make_array_from_process_local_data`): host
+p's rows are the p-th block of the batch axis, which is where its devices sit on the mesh. The
+update itself is the one sharded program, so the loss is Σ numerators / Σ denominators over
+every host's rows, exactly as if one process had packed them all. `host_model()` gathers the
+parameters onto each host's own devices for its rollouts.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from agemem_jax import rl_loss
 from agemem_jax import sharding as shd
 from agemem_jax.dataclass_config import build
+from agemem_jax.distributed import allgather_ints
 from agemem_jax.models.qwen.model import Decoder
 from agemem_jax.optim import OptimConfig, make_optimizer
 from agemem_jax.packing import Packed, PackedBatch, PackingConfig, StepRow, pack, split_minibatches
@@ -121,6 +131,7 @@ class Trainer:
         update: Any = None,
         mesh: Mesh | Sequence[int] | None = None,
         rules: shd.Rules | str = "train",
+        abstract: bool = False,
     ):
         self.loss_cfg = build(rl_loss.LossConfig, loss)
         self.optim_cfg = build(OptimConfig, optim)
@@ -137,29 +148,47 @@ class Trainer:
             self.packing_cfg = dataclasses.replace(
                 self.packing_cfg, row_multiple=math.lcm(self.packing_cfg.row_multiple, batch_shards)
             )
+        self.hosts = jax.process_count()
+        if batch_shards % self.hosts:
+            raise ValueError(
+                f"the batch axes of mesh {dict(mesh.shape)} have {batch_shards} shards, not a "
+                f"multiple of the {self.hosts} processes: every host must own whole batch shards"
+            )
+        # A host packs its share of a global micro-batch: 1/hosts of its rows and tokens.
+        self._local_packing = dataclasses.replace(
+            self.packing_cfg,
+            row_multiple=self.packing_cfg.row_multiple // self.hosts,
+            tokens_per_micro=max(1, self.packing_cfg.tokens_per_micro // self.hosts),
+        )
 
         self.graphdef, params = nnx.split(model)
         self.param_shardings = shd.state_shardings(params, mesh, self.rules)
-        self.params = jax.device_put(params, self.param_shardings)
-        copy = jax.jit(
-            lambda p: jax.tree.map(jnp.copy, p),
-            in_shardings=(self.param_shardings,),
-            out_shardings=self.param_shardings,
-        )
-        self.ref_params = copy(self.params) if self.loss_cfg.kl_beta > 0 else None
-
         self.tx, self.schedule = make_optimizer(self.optim_cfg)
         rep = _replicated(mesh)
         self.opt_shardings = optax.tree_map_params(
             self.tx,
             lambda _, s: s,
-            jax.eval_shape(self.tx.init, self.params),
+            jax.eval_shape(self.tx.init, params),
             self.param_shardings,
             transform_non_params=lambda _: rep,
         )
-        self.opt_state = jax.jit(
-            self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings
-        )(self.params)
+        if abstract:
+            # Shapes and shardings only (`nnx.eval_shape` models): the programs can be lowered
+            # and compiled for their memory (experiments/plan.py), never run.
+            self.params = _abstract(params, self.param_shardings)
+            self.ref_params = self.params if self.loss_cfg.kl_beta > 0 else None
+            self.opt_state = _abstract(jax.eval_shape(self.tx.init, params), self.opt_shardings)
+        else:
+            self.params = jax.device_put(params, self.param_shardings)
+            copy = jax.jit(
+                lambda p: jax.tree.map(jnp.copy, p),
+                in_shardings=(self.param_shardings,),
+                out_shardings=self.param_shardings,
+            )
+            self.ref_params = copy(self.params) if self.loss_cfg.kl_beta > 0 else None
+            self.opt_state = jax.jit(
+                self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings
+            )(self.params)
         self.num_updates = 0
         self._batch_sharding = shd.batch_sharding(mesh, self.rules, 2)
         self._batch_shardings = PackedBatch(*[self._batch_sharding] * len(PackedBatch._fields))
@@ -170,6 +199,17 @@ class Trainer:
     def model(self) -> Decoder:
         """The current policy as a Decoder sharing the trainer's parameter buffers."""
         return nnx.merge(self.graphdef, self.params)
+
+    def host_model(self) -> Decoder:
+        """The current policy with every parameter whole on this host's devices (rollouts,
+        export). One process: `model` itself. Several: a collective all-gather, so every
+        process must call it. A trainer that trains only part of the model (adapters) is where
+        the merge into full weights would happen before the gather."""
+        if self.hosts == 1:
+            return self.model
+        full = self._program("gather")(self.params)
+        local = jax.tree.map(lambda a: a.addressable_data(0), full)
+        return nnx.merge(self.graphdef, local)
 
     def step(self, rows: Sequence[StepRow]) -> dict[str, float]:
         """GRPO on one rollout batch: `epochs` passes, each split into `num_minibatches`
@@ -215,12 +255,14 @@ class Trainer:
         for _ in range(cfg.epochs):
             rng = np.random.default_rng([cfg.shuffle_seed, self.num_updates])
             for part in split_minibatches(rows, cfg.num_minibatches, rng):
-                packed = pack(part, self.packing_cfg)
+                packed = self._pack(part)
                 real, padded = real + packed.real_tokens, padded + packed.padded_tokens
                 trained += packed.loss_tokens
                 shapes.update(packed.shapes)
                 outs.append(self.update_packed(packed, kind))
         outs = jax.device_get(outs)
+        if self.hosts > 1:  # host-side counts of every host's packing
+            real, padded, trained = (int(v) for v in allgather_ints([real, padded, trained]).sum(0))
         metrics = _merge_update_metrics(outs)
         metrics.update(
             optimizer_updates=len(outs),
@@ -241,8 +283,38 @@ class Trainer:
             acc = micro(self.params, self.ref_params, acc, self._put(mb))
         return acc
 
+    def _pack(self, rows: Sequence[StepRow]) -> Packed:
+        """This host's rows packed into its block of every global micro-batch."""
+        if self.hosts == 1:
+            return pack(rows, self.packing_cfg)
+        # Agree first on the row length (the longest any host needs), then on the packed-row
+        # count at that length; both are maxima, so no host's rows are cut.
+        need = pack(rows, self._local_packing, packed_rows=1).micro_batches[0].shape[1]
+        row_len = int(allgather_ints([need]).max())
+        packed = pack(rows, self._local_packing, row_len=row_len, packed_rows=1)
+        most = int(allgather_ints([packed.filled_rows]).max())
+        if most != packed.filled_rows:
+            packed = pack(rows, self._local_packing, row_len=row_len, packed_rows=most)
+        return packed
+
     def _put(self, mb: PackedBatch) -> PackedBatch:
-        return jax.device_put(mb, self._batch_shardings)
+        if self.hosts == 1:
+            return jax.device_put(mb, self._batch_shardings)
+        # This host's rows are its block of the global micro-batch's rows.
+        rows, row_len = mb.shape
+        return PackedBatch(
+            *[
+                jax.make_array_from_process_local_data(
+                    self._batch_sharding, np.asarray(a), (rows * self.hosts, row_len)
+                )
+                for a in mb
+            ]
+        )
+
+    def program(self, name: str):
+        """A compiled-on-first-call update program by name ('logprobs', '{rl,sft}_zero',
+        '{rl,sft}_micro', 'apply', 'gather'), e.g. to lower it for its memory analysis."""
+        return self._program(name)
 
     def _program(self, name: str):
         if name not in self._programs:
@@ -286,6 +358,9 @@ class Trainer:
             )
         if name == "apply":
             return self._build_apply()
+        if name == "gather":
+            full = jax.tree.map(lambda _: rep, self.param_shardings)
+            return jax.jit(lambda p: p, in_shardings=(p_sh,), out_shardings=full)
 
         kind, _, what = name.partition("_")
         # Which stat sums this loss logs, from an abstract call on a 1x1 batch.
@@ -357,6 +432,12 @@ class Trainer:
             out_shardings=(p_sh, o_sh, rep),
             donate_argnums=(0, 1),
         )
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+    )
 
 
 def _batch_mesh_axes(rules: shd.Rules) -> tuple[str, ...]:
