@@ -303,9 +303,9 @@ class Trainer:
 
         if name in ("logprobs", "ref_logprobs"):
             if name == "logprobs":
-                fn = lambda p, f, b: logprobs(p, f, b)[0]  # noqa: E731
+                fn = lambda p, f, b: logprobs(p, f, b)[0]
             else:
-                fn = lambda p, f, b: reference_logprobs(p, p, f, b)  # noqa: E731
+                fn = lambda p, f, b: reference_logprobs(p, p, f, b)
             return jax.jit(fn, in_shardings=(p_sh, f_sh, b_sh), out_shardings=b_sh[0])
         if name == "apply":
             return self._build_apply()

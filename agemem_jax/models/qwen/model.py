@@ -503,7 +503,7 @@ def blockwise_attention(
             mask = (sq[:, :, None] == sk[:, None, :]) & vk[:, None, :] & diag  # [B,bq,bk]
 
             def compute(carry):
-                m, l, acc = carry
+                m, den, acc = carry
                 s = jnp.einsum("bkgqd,bkds->bkgqs", qi, kj, preferred_element_type=f32) * scale
                 s = jnp.where(mask[:, None, None], s, low)
                 m_new = jnp.maximum(m, s.max(-1))
@@ -512,7 +512,7 @@ def blockwise_attention(
                 pv = jnp.einsum(
                     "bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=f32
                 )
-                return m_new, alpha * l + p.sum(-1), alpha[..., None] * acc + pv
+                return m_new, alpha * den + p.sum(-1), alpha[..., None] * acc + pv
 
             return jax.lax.cond((j <= i) & jnp.any(mask), compute, lambda c: c, carry), None
 
@@ -521,8 +521,8 @@ def blockwise_attention(
             jnp.zeros(qi.shape[:-1], f32),
             jnp.zeros(qi.shape, f32),
         )
-        (_, l, acc), _ = jax.lax.scan(kv_tile, init, (jnp.arange(n), kb, vb, segb, validb))
-        return None, (acc / jnp.where(l > 0, l, 1.0)[..., None]).astype(q.dtype)
+        (_, den, acc), _ = jax.lax.scan(kv_tile, init, (jnp.arange(n), kb, vb, segb, validb))
+        return None, (acc / jnp.where(den > 0, den, 1.0)[..., None]).astype(q.dtype)
 
     _, out = jax.lax.scan(q_tile, None, (jnp.arange(n), qb, segb))  # [n,B,KV,G,bq,D]
     return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, t, h, hd)
@@ -545,7 +545,7 @@ def _splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, valid: A
         splash_attention_mask as sm,
     )
 
-    b, t, h, hd = q.shape
+    t, h, hd = q.shape[1:]
     g = h // k.shape[2]
     mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(h)])
     kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
@@ -557,7 +557,7 @@ def _splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, valid: A
     out = jax.vmap(lambda a, b_, c, s: kernel(a, b_, c, segment_ids=sk.SegmentIds(s, s)))(
         qh, kh, vh, seg
     )
-    return out.transpose(0, 2, 1, 3)
+    return jnp.asarray(out).transpose(0, 2, 1, 3)
 
 
 class MLP(nnx.Module):
