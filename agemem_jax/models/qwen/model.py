@@ -471,6 +471,26 @@ def resolve_attention_impl(impl: str, t: int, block: int) -> str:
     return impl
 
 
+def _tile(i, j, seg_q: Array, seg_k: Array, valid_k: Array, block: int) -> tuple[Array, Array]:
+    """The mask of query tile i x key tile j, `[B, bq, bk]`, and whether any entry is visible
+    (the tile is computed only then)."""
+    offs = jnp.arange(block)
+    diag = (i * block + offs)[:, None] >= (j * block + offs)[None, :]
+    mask = (seg_q[:, :, None] == seg_k[:, None, :]) & valid_k[:, None, :] & diag
+    return mask, (j <= i) & jnp.any(mask)
+
+
+def visible_tiles(segment_ids: Array, valid: Array, block: int) -> Array:
+    """`[n, n]` bool: which (query tile, key tile) pairs blockwise attention computes."""
+    b, t = segment_ids.shape
+    n = t // block
+    seg = segment_ids.reshape(b, n, block).swapaxes(0, 1)
+    val = valid.astype(bool).reshape(b, n, block).swapaxes(0, 1)
+    idx = jnp.arange(n)
+    one = lambda i, j: _tile(i, j, seg[i], seg[j], val[j], block)[1]
+    return jax.vmap(lambda i: jax.vmap(lambda j: one(i, j))(idx))(idx)
+
+
 def blockwise_attention(
     q: Array, k: Array, v: Array, segment_ids: Array, valid: Array, block: int
 ) -> Array:
@@ -491,7 +511,6 @@ def blockwise_attention(
     vb = v.reshape(b, n, block, kvh, hd).transpose(1, 0, 3, 2, 4)  # [n,B,KV,bk,D]
     segb = segment_ids.reshape(b, n, block).swapaxes(0, 1)
     validb = valid.astype(bool).reshape(b, n, block).swapaxes(0, 1)
-    offs = jnp.arange(block)
     scale, low = hd**-0.5, jnp.finfo(f32).min
 
     def q_tile(_, xs):
@@ -499,8 +518,7 @@ def blockwise_attention(
 
         def kv_tile(carry, ys):
             j, kj, vj, sk, vk = ys
-            diag = (i * block + offs)[:, None] >= (j * block + offs)[None, :]
-            mask = (sq[:, :, None] == sk[:, None, :]) & vk[:, None, :] & diag  # [B,bq,bk]
+            mask, visible = _tile(i, j, sq, sk, vk, block)
 
             def compute(carry):
                 m, den, acc = carry
@@ -514,7 +532,7 @@ def blockwise_attention(
                 )
                 return m_new, alpha * den + p.sum(-1), alpha[..., None] * acc + pv
 
-            return jax.lax.cond((j <= i) & jnp.any(mask), compute, lambda c: c, carry), None
+            return jax.lax.cond(visible, compute, lambda c: c, carry), None
 
         init = (
             jnp.full(qi.shape[:-1], low, f32),
