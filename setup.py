@@ -35,6 +35,9 @@ EXTRAS = {
         "torch==2.13.0",
         "accelerate>=1.0",
         "sentence-transformers>=3.0",
+        # benchmarks/grpo_vs_trl.py: TRL's GRPOTrainer (and PEFT LoRA) as the side-by-side.
+        "trl==1.16.0",
+        "peft>=0.17",
         "ruff>=0.6",
         # Type checking in `make test`; the nodejs extra brings node as a wheel from PyPI.
         "pyright[nodejs]==1.1.414",

@@ -291,7 +291,16 @@ class ModelPolicy:
         self.mesh, self.rules = mesh, rules
         self.session: SamplerSession | None = None
         self._cached: list[tuple[int, ...]] = []
-        self.stats = {"prefilled_tokens": 0, "row_resets": 0, "generated_tokens": 0}
+        self.stats = {
+            "prefilled_tokens": 0,
+            "row_resets": 0,
+            "generated_tokens": 0,
+            # Decode row-steps (every row of the batch, each loop step) and the kept tokens
+            # among them; their ratio is `decode_utilization`.
+            "decode_row_steps": 0,
+            "decode_kept_tokens": 0,
+            "decode_utilization": 0.0,
+        }
 
     def begin(self, n_rows: int, seed: int = 0, row_offset: int = 0) -> None:
         """A fresh session for a batch of episodes; it reads the model's current weights.
@@ -333,7 +342,13 @@ class ModelPolicy:
         if appends:
             self.session.append(appends)
         rows = [v.row for v in views]
+        before = dict(self.session.stats)
         outs = self.session.decode(self.sampling.max_new_tokens, self.sampling.params, rows=rows)
+        for key, value in self.session.stats.items():
+            self.stats[key] += value - before[key]
+        self.stats["decode_utilization"] = self.stats["decode_kept_tokens"] / max(
+            self.stats["decode_row_steps"], 1
+        )
         actions = []
         for v in views:
             c = outs[v.row]

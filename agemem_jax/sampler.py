@@ -519,6 +519,9 @@ class SamplerSession:
         # Per-row PRNG counters live as long as the session, so later batches never replay the
         # random numbers of earlier ones.
         self._draws = self._place(np.zeros(self.batch_size, np.int32), ("batch",))
+        # Decode utilization: every loop step samples a token for all `batch_size` rows; only
+        # the running rows' tokens are kept (finished, idle and padding rows spin along).
+        self.stats = {"decode_row_steps": 0, "decode_kept_tokens": 0}
         self._reset_state()
 
     # ------------------------------------------------------------------ placement helpers
@@ -725,6 +728,8 @@ class SamplerSession:
                 break
         self._index, self._draws = turn.index, turn.draws
         self._lengths = lengths
+        self.stats["decode_row_steps"] += int(step) * self.batch_size
+        self.stats["decode_kept_tokens"] += int(jax.device_get(turn.n_gen).sum())
         host = jax.device_get(
             dict(n_gen=turn.n_gen, tokens=turn.tokens, logp=turn.logp,
                  model_logp=turn.model_logp, finish=turn.finish, which=turn.which)
@@ -787,6 +792,11 @@ class SamplerSession:
         for r in np.nonzero(lens)[0]:
             self._pending[r] = None
             self._ready[r] = True
+
+    @property
+    def utilization(self) -> float:
+        """Share of decode row-steps that produced a kept token, over the session's life."""
+        return self.stats["decode_kept_tokens"] / max(self.stats["decode_row_steps"], 1)
 
     def describe(self) -> dict[str, Any]:
         """Shapes in use, for logs."""

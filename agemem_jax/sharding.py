@@ -1,7 +1,7 @@
 """Meshes and the one rule table that maps logical axis names to mesh axes.
 
 Parameters name their axes logically (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`,
-`layers`, `norm`); activations use `batch`. A rule table is a tuple of (logical, mesh axes) pairs,
+`layers`, `norm`, and `lora` for adapter ranks); activations use `batch`. A rule table is a tuple of (logical, mesh axes) pairs,
 so a config can swap the training layout (FSDP over `embed`) for the sampling one (replicated
 weights, batch over data and fsdp) without touching model code.
 """
@@ -31,6 +31,7 @@ TRAIN_RULES: Rules = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("lora", None),  # adapter rank: small, replicated; the other axis follows its projection
 )
 
 # Sampling re-gathers FSDP shards once per rollout instead of once per decoded token.

@@ -116,9 +116,13 @@ def _replicated(mesh: Mesh) -> NamedSharding:
 class Trainer:
     """Holds params, the frozen reference, the optimizer state and the compiled update programs.
 
-    `model` is split once; the reference policy is a copy of its parameters at construction
-    (the spec's frozen initial policy), skipped when β = 0. `mesh` is a Mesh, a mesh shape for
-    `sharding.make_mesh`, or None (all devices on 'fsdp').
+    `model` is split once into what trains (`params`) and what does not (`frozen`). Full
+    fine-tuning trains every parameter, and the reference policy is a copy of them at
+    construction (the spec's frozen initial policy), skipped when β = 0. A model with LoRA
+    adapters (`cfg.lora_rank` > 0) trains the adapters alone: the optimizer state covers only
+    them, and the reference is the same frozen base with the adapters zeroed, so no second copy
+    of the weights exists. `mesh` is a Mesh, a mesh shape for `sharding.make_mesh`, or None
+    (all devices on 'fsdp').
     """
 
     def __init__(
@@ -161,8 +165,11 @@ class Trainer:
             tokens_per_micro=max(1, self.packing_cfg.tokens_per_micro // self.hosts),
         )
 
-        self.graphdef, params = nnx.split(model)
+        self.lora = model.cfg.lora_rank > 0
+        trainable = nnx.LoRAParam if self.lora else nnx.Param
+        self.graphdef, params, frozen = nnx.split(model, trainable, ...)
         self.param_shardings = shd.state_shardings(params, mesh, self.rules)
+        self.frozen_shardings = shd.state_shardings(frozen, mesh, self.rules)
         self.tx, self.schedule = make_optimizer(self.optim_cfg)
         rep = _replicated(mesh)
         self.opt_shardings = optax.tree_map_params(
@@ -172,20 +179,24 @@ class Trainer:
             self.param_shardings,
             transform_non_params=lambda _: rep,
         )
+        # With adapters the reference needs no parameters of its own (adapters off).
+        wants_ref = self.loss_cfg.kl_beta > 0 and not self.lora
         if abstract:
             # Shapes and shardings only (`nnx.eval_shape` models): the programs can be lowered
             # and compiled for their memory (experiments/plan.py), never run.
             self.params = _abstract(params, self.param_shardings)
-            self.ref_params = self.params if self.loss_cfg.kl_beta > 0 else None
+            self.frozen = _abstract(frozen, self.frozen_shardings)
+            self.ref_params = self.params if wants_ref else None
             self.opt_state = _abstract(jax.eval_shape(self.tx.init, params), self.opt_shardings)
         else:
             self.params = jax.device_put(params, self.param_shardings)
+            self.frozen = jax.device_put(frozen, self.frozen_shardings)
             copy = jax.jit(
                 lambda p: jax.tree.map(jnp.copy, p),
                 in_shardings=(self.param_shardings,),
                 out_shardings=self.param_shardings,
             )
-            self.ref_params = copy(self.params) if self.loss_cfg.kl_beta > 0 else None
+            self.ref_params = copy(self.params) if wants_ref else None
             self.opt_state = jax.jit(
                 self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings
             )(self.params)
@@ -198,18 +209,21 @@ class Trainer:
     @property
     def model(self) -> Decoder:
         """The current policy as a Decoder sharing the trainer's parameter buffers."""
-        return nnx.merge(self.graphdef, self.params)
+        return nnx.merge(self.graphdef, self.params, self.frozen)
+
+    @property
+    def has_reference(self) -> bool:
+        return self.loss_cfg.kl_beta > 0
 
     def host_model(self) -> Decoder:
         """The current policy with every parameter whole on this host's devices (rollouts,
         export). One process: `model` itself. Several: a collective all-gather, so every
-        process must call it. A trainer that trains only part of the model (adapters) is where
-        the merge into full weights would happen before the gather."""
+        process must call it. With adapters, both the adapters and the frozen base are gathered."""
         if self.hosts == 1:
             return self.model
-        full = self._program("gather")(self.params)
+        full = self._program("gather")(self.params, self.frozen)
         local = jax.tree.map(lambda a: a.addressable_data(0), full)
-        return nnx.merge(self.graphdef, local)
+        return nnx.merge(self.graphdef, *local)
 
     def step(self, rows: Sequence[StepRow]) -> dict[str, float]:
         """GRPO on one rollout batch: `epochs` passes, each split into `num_minibatches`
@@ -239,11 +253,11 @@ class Trainer:
     def logprobs(self, packed: Packed, *, reference: bool = False) -> list[np.ndarray]:
         """Per-position log-probs of every micro-batch's targets under the current (or the
         reference) policy; `packed.action_values` maps them back to step rows."""
-        params = self.ref_params if reference else self.params
-        if params is None:
+        if reference and not self.has_reference:
             raise ValueError("no reference params: the trainer was built with kl_beta = 0")
-        fn = self._program("logprobs")
-        return [np.asarray(fn(params, self._put(mb))) for mb in packed.micro_batches]
+        fn = self._program("ref_logprobs" if reference else "logprobs")
+        params = self.ref_params if reference and not self.lora else self.params
+        return [np.asarray(fn(params, self.frozen, self._put(mb))) for mb in packed.micro_batches]
 
     # ------------------------------------------------------------- internals
     def _run(self, rows: Sequence[StepRow], kind: str) -> dict[str, float]:
@@ -280,7 +294,7 @@ class Trainer:
         micro = self._program(f"{kind}_micro")
         acc = self._program(f"{kind}_zero")()
         for mb in packed.micro_batches:
-            acc = micro(self.params, self.ref_params, acc, self._put(mb))
+            acc = micro(self.params, self.frozen, self.ref_params, acc, self._put(mb))
         return acc
 
     def _pack(self, rows: Sequence[StepRow]) -> Packed:
@@ -347,20 +361,28 @@ class Trainer:
     def _build(self, name: str):
         """Compile one program: 'logprobs', '{rl,sft}_zero', '{rl,sft}_micro' or 'apply'."""
         graphdef, chunk, rep = self.graphdef, self.update_cfg.logprob_chunk, _replicated(self.mesh)
-        p_sh, b_sh = self.param_shardings, self._batch_shardings
+        p_sh, f_sh, b_sh = self.param_shardings, self.frozen_shardings, self._batch_shardings
+        lora = self.lora
 
-        def logprobs(params, batch):
-            return packed_logprobs(nnx.merge(graphdef, params), batch, chunk)
+        def logprobs(params, frozen, batch):
+            return packed_logprobs(nnx.merge(graphdef, params, frozen), batch, chunk)
 
-        if name == "logprobs":
-            return jax.jit(
-                lambda p, b: logprobs(p, b)[0], in_shardings=(p_sh, b_sh), out_shardings=b_sh[0]
-            )
+        def reference_logprobs(ref_params, params, frozen, batch):
+            # Adapters off: the frozen base with zeroed adapters is the initial policy.
+            ref = jax.tree.map(jnp.zeros_like, params) if lora else ref_params
+            return jax.lax.stop_gradient(logprobs(ref, frozen, batch)[0])
+
+        if name in ("logprobs", "ref_logprobs"):
+            if name == "logprobs":
+                fn = lambda p, f, b: logprobs(p, f, b)[0]
+            else:
+                fn = lambda p, f, b: reference_logprobs(p, p, f, b)
+            return jax.jit(fn, in_shardings=(p_sh, f_sh, b_sh), out_shardings=b_sh[0])
         if name == "apply":
             return self._build_apply()
         if name == "gather":
-            full = jax.tree.map(lambda _: rep, self.param_shardings)
-            return jax.jit(lambda p: p, in_shardings=(p_sh,), out_shardings=full)
+            full = jax.tree.map(lambda _: rep, (p_sh, f_sh))
+            return jax.jit(lambda p, f: (p, f), in_shardings=(p_sh, f_sh), out_shardings=full)
 
         kind, _, what = name.partition("_")
         # Which stat sums this loss logs, from an abstract call on a 1x1 batch.
@@ -381,13 +403,15 @@ class Trainer:
 
             return jax.jit(zero, out_shardings=acc_sh)
 
-        def micro(params, ref_params, acc, batch):
+        with_ref = kind == "rl" and self.has_reference
+
+        def micro(params, frozen, ref_params, acc, batch):
             ref_logp = None
-            if kind == "rl" and ref_params is not None:
-                ref_logp = jax.lax.stop_gradient(logprobs(ref_params, batch)[0])
+            if with_ref:
+                ref_logp = reference_logprobs(ref_params, params, frozen, batch)
 
             def numerator(p):
-                logp, entropy = logprobs(p, batch)
+                logp, entropy = logprobs(p, frozen, batch)
                 num, den, stats = self._loss(kind, logp, entropy, batch, ref_logp)
                 return num, (den, stats)
 
@@ -402,9 +426,9 @@ class Trainer:
         ref_sh = p_sh if self.ref_params is not None else None
         return jax.jit(
             micro,
-            in_shardings=(p_sh, ref_sh, acc_sh, b_sh),
+            in_shardings=(p_sh, f_sh, ref_sh, acc_sh, b_sh),
             out_shardings=acc_sh,
-            donate_argnums=(2,),
+            donate_argnums=(3,),
         )
 
     def _build_apply(self):

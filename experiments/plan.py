@@ -120,10 +120,14 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         acc, zero.output_shardings,
     )  # fmt: skip
-    micro = trainer.program("rl_micro").lower(trainer.params, trainer.ref_params, acc, batch)
+    micro = trainer.program("rl_micro").lower(
+        trainer.params, trainer.frozen, trainer.ref_params, acc, batch
+    )
     micro = micro.compile()
     apply = trainer.program("apply").lower(trainer.params, trainer.opt_state, acc).compile()
-    ref = trainer.program("logprobs").lower(trainer.ref_params or trainer.params, batch).compile()
+    ref = trainer.program("logprobs").lower(
+        trainer.ref_params or trainer.params, trainer.frozen, batch
+    ).compile()
     ident = lambda tree: jax.jit(lambda t: jax.tree.map(lambda x: x + 0, t)).lower(tree).compile()
     params_b = _mem(ident(trainer.params))["args"]
     opt_b = _mem(ident(trainer.opt_state))["args"]

@@ -74,7 +74,7 @@ def test_plan_matches_real_arrays_and_compiled_update(tok):
              "segment_ids", "loss_ids") else np.float32) for f in PackedBatch._fields}  # fmt: skip
     batch = t._put(PackedBatch(**zeros))
     acc = t.program("rl_zero")()
-    compiled = t.program("rl_micro").lower(t.params, t.ref_params, acc, batch).compile()
+    compiled = t.program("rl_micro").lower(t.params, t.frozen, t.ref_params, acc, batch).compile()
     assert plan["activations"] == compiled.memory_analysis().temp_size_in_bytes
     # KV cache at the rollout batch: the real cache of B*K rows over T_max + response slots.
     cache = KVCache.zeros(t.model.cfg, plan["rollout_rows_per_device"], plan["kv_slots"])

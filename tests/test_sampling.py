@@ -478,3 +478,14 @@ def test_bad_input_is_one_clear_error():
         session.decode(4, rows=[0])
     out = session.decode(50, rows=[1])[1]  # clipped to the room left
     assert out.finish_reason == "length" and len(out.tokens) == 20 - 3
+
+
+def test_decode_utilization_counts_kept_tokens_per_row_step():
+    """Rows that sit out a turn (or finished early) still cost a row-step each loop step."""
+    session = SamplerSession(tiny_model(), None, batch_size=4, eos_ids=())
+    session.start([[5, 6, 7], [8, 9], [10], [11, 12]])
+    session.decode(6, rows=[0, 1])
+    assert session.stats == {"decode_row_steps": 4 * 6, "decode_kept_tokens": 2 * 6}
+    session.append({r: [3] for r in range(4)})
+    session.decode(6)
+    assert session.utilization == pytest.approx((12 + 24) / (24 + 24))

@@ -21,7 +21,16 @@ from flax import nnx
 from agemem_jax import dataclass_config
 from agemem_jax import sharding as shd
 from agemem_jax.models.gguf_import import GGUFTensors, load_gguf_tokenizer
-from agemem_jax.models.qwen.model import PRESETS, REMAT_POLICIES, Decoder, KVCache, ModelConfig
+from agemem_jax.models.qwen.model import (
+    ATTENTION_IMPLS,
+    LORA_TARGETS,
+    PRESETS,
+    REMAT_POLICIES,
+    Decoder,
+    KVCache,
+    ModelConfig,
+    merge_lora,
+)
 from agemem_jax.models.qwen.params import load_into_model, save_hf
 from agemem_jax.models.safetensors_io import CheckpointError, CheckpointReader
 
@@ -35,6 +44,7 @@ __all__ = [
     "load",
     "load_checkpoint",
     "load_tokenizer",
+    "merge_lora",
     "resolve_path",
     "save_checkpoint",
 ]
@@ -79,11 +89,14 @@ def load_checkpoint(
     rules: shd.Rules | str = "train",
     scan_layers: bool = False,
     remat_policy: str = "none",
+    seed: int = 0,
+    **model_fields,
 ):
     """Load (model, tokenizer) from an HF folder, a .gguf file or an embedded alias.
 
     `dtype` is the compute dtype; params default to the same. With `mesh`, every tensor is placed
-    directly into the sharding its logical axes get under `rules`.
+    directly into the sharding its logical axes get under `rules`. `model_fields` sets other
+    `ModelConfig` fields (`lora_rank`, `attention_impl`, ...); adapters start from `seed`.
     """
     p = resolve_path(path)
     overrides = dict(
@@ -91,6 +104,7 @@ def load_checkpoint(
         param_dtype=param_dtype or dtype,
         scan_layers=scan_layers,
         remat_policy=remat_policy,
+        **model_fields,
     )
     if p.is_file() and p.suffix == ".gguf":
         tensors = GGUFTensors(p)
@@ -109,7 +123,7 @@ def load_checkpoint(
         tokenizer = _folder_tokenizer(p)
     else:
         raise CheckpointError(f"{p}: expected an HF folder or a .gguf file")
-    model = load_into_model(cfg, tensors, mesh=mesh, rules=rules)
+    model = load_into_model(cfg, tensors, mesh=mesh, rules=rules, seed=seed)
     return model, tokenizer
 
 
@@ -125,6 +139,15 @@ class LoadConfig:
     random: str = ""  # a PRESETS shape, randomly initialized instead of `checkpoint` (tests)
     vocab_size: int = 0  # with `random`: vocabulary size; 0 = the tokenizer's
     tokenizer: str = ""  # with `random`: whose tokenizer (empty: `checkpoint`'s)
+    # LoRA: rank 0 = full fine-tuning (the default). With rank > 0 the trainer updates only the
+    # adapters; the reference policy is the base with adapters off; export merges them.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # adapter output scale = lora_alpha / lora_rank
+    lora_targets: tuple[str, ...] = LORA_TARGETS  # which projections get adapters
+    # Training-forward attention: dense (reference) | blockwise (skips fully masked tiles) |
+    # cudnn (GPU) | splash (TPU); a fused kernel off its backend falls back to dense, warned.
+    attention_impl: str = "dense"
+    attention_block: int = 128  # tile of blockwise attention (divides packed row lengths)
 
     def __post_init__(self):
         if self.random and self.random not in PRESETS:
@@ -133,6 +156,25 @@ class LoadConfig:
             raise ValueError(
                 f"model.remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}"
             )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"model.attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}"
+            )
+        bad = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if self.lora_rank < 0 or bad:
+            raise ValueError(
+                f"model.lora_rank={self.lora_rank} must be >= 0 and model.lora_targets "
+                f"{list(self.lora_targets)} a subset of {list(LORA_TARGETS)}"
+            )
+
+    def model_fields(self) -> dict:
+        """The `ModelConfig` fields this block sets beyond the checkpoint's shape."""
+        return dict(
+            scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+            lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+            lora_targets=tuple(self.lora_targets), attention_impl=self.attention_impl,
+            attention_block=self.attention_block,
+        )  # fmt: skip
 
 
 def load(cfg=None, *, mesh: jax.sharding.Mesh | None = None, rules: shd.Rules | str = "train",
@@ -147,13 +189,12 @@ def load(cfg=None, *, mesh: jax.sharding.Mesh | None = None, rules: shd.Rules | 
     if not cfg.random:
         return load_checkpoint(
             cfg.checkpoint, cfg.dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
-            scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy,
+            seed=seed, **cfg.model_fields(),
         )  # fmt: skip
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.checkpoint)
     shape = ModelConfig.preset(
-        cfg.random, dtype=cfg.dtype, param_dtype=param_dtype, scan_layers=cfg.scan_layers,
-        remat_policy=cfg.remat_policy,
-    )  # fmt: skip
+        cfg.random, dtype=cfg.dtype, param_dtype=param_dtype, **cfg.model_fields()
+    )
     vocab = cfg.vocab_size or shape.vocab_size or len(tokenizer)
     eos = tokenizer.eos_token_id if shape.eos_token_id is None else shape.eos_token_id
     shape = dataclasses.replace(shape, vocab_size=vocab, eos_token_id=eos)
@@ -187,7 +228,8 @@ def _folder_tokenizer(folder: Path):
 
 
 def save_checkpoint(model: Decoder, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Export to an HF folder (config, safetensors, tokenizer) that transformers loads as is."""
+    """Export to an HF folder (config, safetensors, tokenizer) that transformers loads as is.
+    Adapters are merged into the projections: the folder holds plain weights."""
     out = Path(out_dir)
     save_hf(model, out)
     if tokenizer is not None:

@@ -17,10 +17,12 @@ Two entry points:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
 Array = jax.Array
@@ -31,6 +33,14 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": (False, True),
     "LlamaForCausalLM": (False, False),
 }
+
+# Every dense projection of a block; LoRA adapts any subset of them.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# dense: the reference ([T, T] scores, masked). blockwise: query x key tiles, skipping tiles
+# that are fully masked (causal upper half, across packed segments). cudnn / splash: fused
+# kernels on GPU / TPU; elsewhere they fall back to dense with a warning.
+ATTENTION_IMPLS = ("dense", "blockwise", "cudnn", "splash")
 
 REMAT_POLICIES = {
     "none": None,
@@ -95,8 +105,28 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
+    # Low-rank adapters: rank 0 = none (full fine-tuning). Each target projection W becomes
+    # W + (alpha / rank) · A B with B zero at init, so a fresh adapter changes nothing.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    # Attention of the full forward (training, scoring); the cached path is always dense.
+    attention_impl: str = "dense"
+    attention_block: int = 128  # query/key tile of the blockwise path
 
     def __post_init__(self):
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank={self.lora_rank} must be >= 0")
+        bad = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if bad:
+            raise ValueError(f"lora_targets {bad} unknown; choose from {list(LORA_TARGETS)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r}; choose one of {list(ATTENTION_IMPLS)}"
+            )
+        if self.attention_block < 1:
+            raise ValueError(f"attention_block={self.attention_block} must be >= 1")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
@@ -226,6 +256,39 @@ def _param(rngs: nnx.Rngs, init, shape, axes, dtype) -> nnx.Param:
     return nnx.Param(init(rngs.params(), shape, dtype), axes=axes)
 
 
+def lora_a_init(key: Array, shape: tuple[int, ...], dtype) -> Array:
+    """A of an adapter, `[*in_dims, rank]`: normal with variance 1 / fan-in (all input dims)."""
+    fan_in = math.prod(shape[:-1])
+    return (jax.random.normal(key, shape, jnp.float32) / math.sqrt(fan_in)).astype(dtype)
+
+
+def _add_lora(module, name, cfg: ModelConfig, rngs, in_shape, in_axes, out_shape, out_axes):
+    """Give `module` the adapter pair of projection `name` when the config targets it. They are
+    `nnx.LoRAParam`s, so the trainer can select them with a type filter."""
+    if not cfg.lora_rank or name not in cfg.lora_targets:
+        return
+    r, pd = cfg.lora_rank, cfg.param_dtype
+    a = lora_a_init(rngs.params(), (*in_shape, r), pd)
+    setattr(module, f"{name}_lora_a", nnx.LoRAParam(a, axes=(*in_axes, "lora")))
+    b = jnp.zeros((r, *out_shape), pd)
+    setattr(module, f"{name}_lora_b", nnx.LoRAParam(b, axes=("lora", *out_axes)))
+
+
+def _lora_delta(module, name: str, x: Array, cfg: ModelConfig) -> Array | None:
+    """(alpha / rank) · (x A) B for the adapter of `name`, or None without one. `x` carries the
+    projection's input flattened into its last axis; the result has the output dims unflattened.
+    """
+    a = getattr(module, f"{name}_lora_a", None)
+    if a is None:
+        return None
+    b = getattr(module, f"{name}_lora_b")
+    dt, r = cfg.dtype, cfg.lora_rank
+    b_val = b.value.astype(dt)
+    xa = x @ a.value.astype(dt).reshape(-1, r)
+    out = (xa @ b_val.reshape(r, -1)) * (cfg.lora_alpha / r)
+    return out.reshape(*x.shape[:-1], *b_val.shape[1:])
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, *, cfg: ModelConfig, rngs: nnx.Rngs):
         self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("norm",), cfg.param_dtype)
@@ -267,6 +330,10 @@ class Attention(nnx.Module):
         self.k_proj = _param(rngs, init, (d, kv, hd), ("embed", "kv_heads", "head_dim"), pd)
         self.v_proj = _param(rngs, init, (d, kv, hd), ("embed", "kv_heads", "head_dim"), pd)
         self.o_proj = _param(rngs, init, (h, hd, d), ("heads", "head_dim", "embed"), pd)
+        for name, n in (("q_proj", h), ("k_proj", kv), ("v_proj", kv)):
+            heads = "heads" if name == "q_proj" else "kv_heads"
+            _add_lora(self, name, cfg, rngs, (d,), ("embed",), (n, hd), (heads, "head_dim"))
+        _add_lora(self, "o_proj", cfg, rngs, (h, hd), ("heads", "head_dim"), (d,), ("embed",))
         if cfg.qkv_bias:
             zeros = nnx.initializers.zeros
             self.q_bias = _param(rngs, zeros, (h, hd), ("heads", "head_dim"), pd)
@@ -282,9 +349,7 @@ class Attention(nnx.Module):
     ) -> tuple[Array, Array, Array]:
         """q, k (rotated) and v. `tables` = precomputed `rope_tables`, else from `positions`."""
         cfg, dt = self.cfg, self.cfg.dtype
-        q = jnp.einsum("btd,dnh->btnh", x, self.q_proj.value.astype(dt))
-        k = jnp.einsum("btd,dnh->btnh", x, self.k_proj.value.astype(dt))
-        v = jnp.einsum("btd,dnh->btnh", x, self.v_proj.value.astype(dt))
+        q, k, v = (self._dense_in(x, name) for name in ("q_proj", "k_proj", "v_proj"))
         if cfg.qkv_bias:
             q = q + self.q_bias.value.astype(dt)
             k = k + self.k_bias.value.astype(dt)
@@ -297,6 +362,19 @@ class Attention(nnx.Module):
             return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
         return apply_rope(q, *tables), apply_rope(k, *tables), v
 
+    def _dense_in(self, x: Array, name: str) -> Array:
+        """x [B,T,D] through projection `name` ([D, N, head_dim]) and its adapter, if any."""
+        y = jnp.einsum("btd,dnh->btnh", x, getattr(self, name).value.astype(self.cfg.dtype))
+        delta = _lora_delta(self, name, x, self.cfg)
+        return y if delta is None else y + delta
+
+    def _out(self, out: Array) -> Array:
+        """Heads [B,T,H*head_dim] through o_proj and its adapter, if any."""
+        h, hd = self.cfg.num_heads, self.cfg.head_dim
+        y = out @ self.o_proj.value.astype(self.cfg.dtype).reshape(h * hd, -1)
+        delta = _lora_delta(self, "o_proj", out, self.cfg)
+        return y if delta is None else y + delta
+
     def _attend(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
         """q [B,T,H,D], k/v [B,S,KV,D], mask [B,T,S] (True = visible) -> [B,T,D_model].
 
@@ -307,9 +385,20 @@ class Attention(nnx.Module):
         """
         return self._attend_cached(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask)
 
-    def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, positions: Array, mask: Array | SegmentMask) -> Array:
         q, k, v = self._project(x, positions)
-        return self._attend(q, k, v, mask)
+        if not isinstance(mask, SegmentMask):
+            return self._attend(q, k, v, mask)
+        b, t = q.shape[:2]
+        if mask.impl == "blockwise":
+            out = blockwise_attention(q, k, v, mask.segment_ids, mask.valid, mask.block)
+        elif mask.impl == "cudnn":
+            out = _cudnn_attention(q, k, v, mask.segment_ids, mask.valid)
+        elif mask.impl == "splash":
+            out = _splash_attention(q, k, v, mask.segment_ids, mask.valid)
+        else:
+            raise ValueError(f"no attention implementation {mask.impl!r}")
+        return self._out(out.reshape(b, t, -1))
 
     def _attend_cached(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
         """Attention over keys [B,KV,D,S] and values [B,KV,S,D] (the `KVCache` layout);
@@ -328,7 +417,7 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kvh, g * t, -1)
         out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kvh, g, t, hd)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
-        return out @ self.o_proj.value.astype(self.cfg.dtype).reshape(h * hd, -1)
+        return self._out(out)
 
     def extend(
         self,
@@ -349,6 +438,146 @@ class Attention(nnx.Module):
         return self._attend_cached(q, k_cache, v_cache, mask), k_cache, v_cache
 
 
+class SegmentMask(NamedTuple):
+    """What a tiled or fused attention needs instead of a dense `[B, T, T]` mask: a query sees
+    the keys at or before it that are `valid` and in its segment."""
+
+    segment_ids: Array  # [B, T] int
+    valid: Array  # [B, T] bool: real (non-padding) tokens
+    impl: str  # blockwise | cudnn | splash
+    block: int  # tile size of the blockwise path
+
+
+_FUSED_BACKENDS = {"cudnn": "gpu", "splash": "tpu"}
+_WARNED: set[tuple[str, str]] = set()
+
+
+def resolve_attention_impl(impl: str, t: int, block: int) -> str:
+    """The implementation a forward of length `t` actually runs. A fused kernel needs its
+    backend; elsewhere it falls back, once warned, to the dense reference. A blockwise forward
+    of one tile (or of a length the tile does not divide) is the dense one."""
+    backend = jax.default_backend()
+    want = _FUSED_BACKENDS.get(impl)
+    if want is not None and backend != want:
+        if (impl, backend) not in _WARNED:
+            _WARNED.add((impl, backend))
+            logging.warning(
+                "attention_impl=%r needs a %s backend, this is %s: using dense attention",
+                impl, want, backend,
+            )  # fmt: skip
+        return "dense"
+    if impl == "blockwise" and (t <= block or t % block):
+        return "dense"
+    return impl
+
+
+def _tile(i, j, seg_q: Array, seg_k: Array, valid_k: Array, block: int) -> tuple[Array, Array]:
+    """The mask of query tile i x key tile j, `[B, bq, bk]`, and whether any entry is visible
+    (the tile is computed only then)."""
+    offs = jnp.arange(block)
+    diag = (i * block + offs)[:, None] >= (j * block + offs)[None, :]
+    mask = (seg_q[:, :, None] == seg_k[:, None, :]) & valid_k[:, None, :] & diag
+    return mask, (j <= i) & jnp.any(mask)
+
+
+def visible_tiles(segment_ids: Array, valid: Array, block: int) -> Array:
+    """`[n, n]` bool: which (query tile, key tile) pairs blockwise attention computes."""
+    b, t = segment_ids.shape
+    n = t // block
+    seg = segment_ids.reshape(b, n, block).swapaxes(0, 1)
+    val = valid.astype(bool).reshape(b, n, block).swapaxes(0, 1)
+    idx = jnp.arange(n)
+    one = lambda i, j: _tile(i, j, seg[i], seg[j], val[j], block)[1]
+    return jax.vmap(lambda i: jax.vmap(lambda j: one(i, j))(idx))(idx)
+
+
+def blockwise_attention(
+    q: Array, k: Array, v: Array, segment_ids: Array, valid: Array, block: int
+) -> Array:
+    """Causal attention within segments, tile by tile, computing only tiles with a visible key.
+
+    q [B,T,H,D], k/v [B,T,KV,D] -> [B,T,H,D]. For each query tile a scan walks the key tiles
+    with an online softmax; a tile whose predicate (at or below the diagonal, and some query and
+    key of a row share a segment) is false is skipped by `lax.cond`, in the forward and in the
+    backward. In a packed row of many short step rows most tiles off the diagonal are skipped.
+    Queries that see no key at all (padding) get zeros, where the dense path averages.
+    """
+    b, t, h, hd = q.shape
+    kvh = k.shape[2]
+    g, n = h // kvh, t // block
+    f32 = jnp.float32
+    qb = q.reshape(b, n, block, kvh, g, hd).transpose(1, 0, 3, 4, 2, 5)  # [n,B,KV,G,bq,D]
+    kb = k.reshape(b, n, block, kvh, hd).transpose(1, 0, 3, 4, 2)  # [n,B,KV,D,bk]
+    vb = v.reshape(b, n, block, kvh, hd).transpose(1, 0, 3, 2, 4)  # [n,B,KV,bk,D]
+    segb = segment_ids.reshape(b, n, block).swapaxes(0, 1)
+    validb = valid.astype(bool).reshape(b, n, block).swapaxes(0, 1)
+    scale, low = hd**-0.5, jnp.finfo(f32).min
+
+    def q_tile(_, xs):
+        i, qi, sq = xs
+
+        def kv_tile(carry, ys):
+            j, kj, vj, sk, vk = ys
+            mask, visible = _tile(i, j, sq, sk, vk, block)
+
+            def compute(carry):
+                m, den, acc = carry
+                s = jnp.einsum("bkgqd,bkds->bkgqs", qi, kj, preferred_element_type=f32) * scale
+                s = jnp.where(mask[:, None, None], s, low)
+                m_new = jnp.maximum(m, s.max(-1))
+                p = jnp.where(mask[:, None, None], jnp.exp(s - m_new[..., None]), 0.0)
+                alpha = jnp.exp(m - m_new)
+                pv = jnp.einsum(
+                    "bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=f32
+                )
+                return m_new, alpha * den + p.sum(-1), alpha[..., None] * acc + pv
+
+            return jax.lax.cond(visible, compute, lambda c: c, carry), None
+
+        init = (
+            jnp.full(qi.shape[:-1], low, f32),
+            jnp.zeros(qi.shape[:-1], f32),
+            jnp.zeros(qi.shape, f32),
+        )
+        (_, den, acc), _ = jax.lax.scan(kv_tile, init, (jnp.arange(n), kb, vb, segb, validb))
+        return None, (acc / jnp.where(den > 0, den, 1.0)[..., None]).astype(q.dtype)
+
+    _, out = jax.lax.scan(q_tile, None, (jnp.arange(n), qb, segb))  # [n,B,KV,G,bq,D]
+    return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, t, h, hd)
+
+
+def _cudnn_attention(q: Array, k: Array, v: Array, segment_ids: Array, valid: Array) -> Array:
+    """cuDNN flash attention (GPU): causal, with the segment mask as a boolean input."""
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & valid[:, None, :]
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=same[:, None], is_causal=True, implementation="cudnn"
+    )
+
+
+def _splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, valid: Array) -> Array:
+    """Splash attention (TPU Pallas kernel): causal mask, segment ids keep packed rows apart."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as sm,
+    )
+
+    t, h, hd = q.shape[1:]
+    g = h // k.shape[2]
+    mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(h)])
+    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
+    # Padding gets its own segment, so no real query sees it.
+    seg = jnp.where(valid, segment_ids, -1).astype(jnp.int32)
+    qh = (q * hd**-0.5).transpose(0, 2, 1, 3)
+    kh = jnp.repeat(k, g, axis=2).transpose(0, 2, 1, 3)
+    vh = jnp.repeat(v, g, axis=2).transpose(0, 2, 1, 3)
+    out = jax.vmap(lambda a, b_, c, s: kernel(a, b_, c, segment_ids=sk.SegmentIds(s, s)))(
+        qh, kh, vh, seg
+    )
+    return jnp.asarray(out).transpose(0, 2, 1, 3)
+
+
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
@@ -356,12 +585,19 @@ class MLP(nnx.Module):
         self.gate_proj = _param(rngs, init, (d, f), ("embed", "mlp"), pd)
         self.up_proj = _param(rngs, init, (d, f), ("embed", "mlp"), pd)
         self.down_proj = _param(rngs, init, (f, d), ("mlp", "embed"), pd)
-        self.dtype = cfg.dtype
+        _add_lora(self, "gate_proj", cfg, rngs, (d,), ("embed",), (f,), ("mlp",))
+        _add_lora(self, "up_proj", cfg, rngs, (d,), ("embed",), (f,), ("mlp",))
+        _add_lora(self, "down_proj", cfg, rngs, (f,), ("mlp",), (d,), ("embed",))
+        self.cfg = cfg
+
+    def _dense(self, x: Array, name: str) -> Array:
+        y = x @ getattr(self, name).value.astype(self.cfg.dtype)
+        delta = _lora_delta(self, name, x, self.cfg)
+        return y if delta is None else y + delta
 
     def __call__(self, x: Array) -> Array:
-        dt = self.dtype
-        gate = jax.nn.silu(x @ self.gate_proj.value.astype(dt))
-        return (gate * (x @ self.up_proj.value.astype(dt))) @ self.down_proj.value.astype(dt)
+        gate = jax.nn.silu(self._dense(x, "gate_proj"))
+        return self._dense(gate * self._dense(x, "up_proj"), "down_proj")
 
 
 class Block(nnx.Module):
@@ -371,7 +607,7 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg=cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, positions: Array, mask: Array | SegmentMask) -> Array:
         x = x + self.attn(self.input_norm(x), positions, mask)
         return x + self.mlp(self.post_attn_norm(x))
 
@@ -479,10 +715,18 @@ class Decoder(nnx.Module):
             attention_mask = jnp.ones((b, t), jnp.int32)
         if positions is None:
             positions = default_positions(attention_mask)
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        mask = causal[None] & attention_mask.astype(bool)[:, None, :]
-        if segment_ids is not None:
-            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        cfg = self.cfg
+        impl = resolve_attention_impl(cfg.attention_impl, t, cfg.attention_block)
+        mask: Array | SegmentMask
+        if impl == "dense":
+            causal = jnp.tril(jnp.ones((t, t), bool))
+            mask = causal[None] & attention_mask.astype(bool)[:, None, :]
+            if segment_ids is not None:
+                mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        else:
+            valid = attention_mask.astype(bool)
+            seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
+            mask = SegmentMask(seg, valid, impl, cfg.attention_block)
 
         def fn(block, x, _, __):
             return block(x, positions, mask), None
@@ -540,3 +784,35 @@ class Decoder(nnx.Module):
         x, kv = self._run_layers(x, fn, per_layer=list(zip(cache.k, cache.v, strict=True)))
         k, v = zip(*kv, strict=True)
         return self.final_norm(x), KVCache(tuple(k), tuple(v))
+
+
+def is_lora_path(path: tuple) -> bool:
+    """Whether a parameter path (as `nnx.to_flat_state` gives it) names an adapter matrix."""
+    return str(path[-1]).endswith(("_lora_a", "_lora_b"))
+
+
+def merge_lora(model: Decoder) -> Decoder:
+    """The same function without adapters: every adapted W becomes W + (alpha / rank) · A B.
+
+    What export writes (plain HF weights) and what a sampler may run to skip the adapter
+    matmuls. A model without adapters comes back as is.
+    """
+    cfg = model.cfg
+    if not cfg.lora_rank:
+        return model
+    flat = dict(nnx.to_flat_state(nnx.state(model)))
+    scale, r = cfg.lora_alpha / cfg.lora_rank, cfg.lora_rank
+    plain = dataclasses.replace(cfg, lora_rank=0)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(plain, rngs=nnx.Rngs(0))))
+    for path, var in nnx.to_flat_state(state):
+        w = flat[path].value
+        *parent, name = path
+        a_var = flat.get((*parent, f"{name}_lora_a"))
+        if a_var is not None:
+            a, b = a_var.value, flat[(*parent, f"{name}_lora_b")].value
+            lead = a.ndim - (w.ndim - (b.ndim - 1)) - 1  # 1 for scanned layers, else 0
+            a2 = a.reshape(*a.shape[:lead], -1, r).astype(jnp.float32)
+            b2 = b.reshape(*b.shape[:lead], r, -1).astype(jnp.float32)
+            w = (w.astype(jnp.float32) + scale * (a2 @ b2).reshape(w.shape)).astype(w.dtype)
+        var.value = w
+    return nnx.merge(graphdef, state)

@@ -19,7 +19,13 @@ import numpy as np
 from flax import nnx
 
 from agemem_jax import sharding as shd
-from agemem_jax.models.qwen.model import Decoder, ModelConfig
+from agemem_jax.models.qwen.model import (
+    Decoder,
+    ModelConfig,
+    is_lora_path,
+    lora_a_init,
+    merge_lora,
+)
 from agemem_jax.models.safetensors_io import CheckpointError, iter_shards, save_file
 
 Fn = Callable[[np.ndarray], np.ndarray]
@@ -104,14 +110,28 @@ def load_into_model(
     tensors: TensorSource,
     mesh: jax.sharding.Mesh | None = None,
     rules: shd.Rules | str = "train",
+    seed: int = 0,
 ) -> Decoder:
-    """Build a Decoder from HF-named tensors, one tensor in host memory at a time."""
+    """Build a Decoder from HF-named tensors, one tensor in host memory at a time. Adapters
+    (`cfg.lora_rank` > 0) start from `seed`: A random, B zero."""
     model = abstract_model(cfg)
     graphdef, state = nnx.split(model)
     rules = shd.rules_from(rules)
     dtype = jnp.dtype(cfg.param_dtype)
-    for path, var in nnx.to_flat_state(state):
+    lora_key = jax.random.key(seed)
+    for i, (path, var) in enumerate(nnx.to_flat_state(state)):
         want = tuple(var.value.shape)
+        if is_lora_path(path):
+            # Adapters are not in the checkpoint: A random, B zero, so the model is the base.
+            if str(path[-1]).endswith("_lora_b"):
+                arr = np.zeros(want, dtype)
+            else:
+                lead = 1 if cfg.scan_layers else 0
+                keys = jax.random.split(jax.random.fold_in(lora_key, i), max(1, lead * want[0]))
+                arr = np.stack([np.asarray(lora_a_init(k, want[lead:], dtype)) for k in keys])
+                arr = arr.reshape(want)
+            _place(var, arr, mesh, rules, want)
+            continue
         parts = []
         for key, fwd, _ in _entries(cfg, path):
             try:
@@ -127,18 +147,21 @@ def load_into_model(
                 f"{tensors.source(key)}: tensor {key!r} has shape {tuple(raw.shape)}, "
                 f"which does not fit {'/'.join(map(str, path))} {want}"
             )
-        arr = arr.astype(dtype)
-        if mesh is not None:
-            sharding = shd.named_sharding(shd.param_axes(var), mesh, rules, want)
-            value = jax.device_put(arr, sharding)
-        else:
-            value = jnp.asarray(arr)
-        var.value = value
+        _place(var, arr.astype(dtype), mesh, rules, want)
     return nnx.merge(graphdef, state)
 
 
+def _place(var, arr: np.ndarray, mesh, rules, shape) -> None:
+    if mesh is not None:
+        var.value = jax.device_put(arr, shd.named_sharding(shd.param_axes(var), mesh, rules, shape))
+    else:
+        var.value = jnp.asarray(arr)
+
+
 def iter_hf_tensors(model: Decoder) -> Iterator[tuple[str, np.ndarray]]:
-    """HF-named host arrays of a model, in the inverse layout of `load_into_model`."""
+    """HF-named host arrays of a model, in the inverse layout of `load_into_model`; adapters
+    are merged into their projections first."""
+    model = merge_lora(model)
     cfg = model.cfg
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         host = np.asarray(jax.device_get(var.value))
