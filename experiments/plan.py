@@ -125,9 +125,11 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
     )
     micro = micro.compile()
     apply = trainer.program("apply").lower(trainer.params, trainer.opt_state, acc).compile()
-    ref = trainer.program("logprobs").lower(
-        trainer.ref_params or trainer.params, trainer.frozen, batch
-    ).compile()
+    ref = (
+        trainer.program("logprobs")
+        .lower(trainer.ref_params or trainer.params, trainer.frozen, batch)
+        .compile()
+    )
     ident = lambda tree: jax.jit(lambda t: jax.tree.map(lambda x: x + 0, t)).lower(tree).compile()
     params_b = _mem(ident(trainer.params))["args"]
     opt_b = _mem(ident(trainer.opt_state))["args"]
