@@ -343,6 +343,11 @@ def grpo_step(s: Setup, step: int) -> dict[str, Any]:
         "rollout_seconds": rollout_s,
     }
     out = reduce_host_rollouts(allgather_json(local), k)
+    # The share of decode row-steps that kept a token, over every host's rows.
+    sampler = out["sampler"]
+    out["decode_utilization"] = sampler.get("decode_kept_tokens", 0) / max(
+        sampler.get("decode_row_steps", 0), 1
+    )
     out.update(update)
     out["step"] = step + 1
     return out

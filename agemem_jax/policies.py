@@ -296,10 +296,9 @@ class ModelPolicy:
             "row_resets": 0,
             "generated_tokens": 0,
             # Decode row-steps (every row of the batch, each loop step) and the kept tokens
-            # among them; their ratio is `decode_utilization`.
+            # among them; their ratio is the step's `decode_utilization` metric (grpo.py).
             "decode_row_steps": 0,
             "decode_kept_tokens": 0,
-            "decode_utilization": 0.0,
         }
 
     def begin(self, n_rows: int, seed: int = 0, row_offset: int = 0) -> None:
@@ -346,9 +345,6 @@ class ModelPolicy:
         outs = self.session.decode(self.sampling.max_new_tokens, self.sampling.params, rows=rows)
         for key, value in self.session.stats.items():
             self.stats[key] += value - before[key]
-        self.stats["decode_utilization"] = self.stats["decode_kept_tokens"] / max(
-            self.stats["decode_row_steps"], 1
-        )
         actions = []
         for v in views:
             c = outs[v.row]
