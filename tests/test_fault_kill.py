@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_tiny_tokenizer
@@ -156,6 +157,7 @@ def _ten_kills(entry: str, points, tok_dir: Path, tmp_path: Path, steps: int, se
     for attempt in range(40):
         if landed == 10:
             break
+        kill: dict[str, Any]
         if attempt % 2:
             kill = {"kill_at": f"{rng.choice(points)}:1"}
         else:
