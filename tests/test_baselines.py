@@ -229,6 +229,9 @@ def test_mem0_malformed_output_changes_nothing_and_is_counted(extract, update, k
     drive_ingest(llm, m, "Alice moved.")
     assert [(e.id, e.content) for e in m.store.entries()] == before
     assert dict(m.stats.parse_failures) == kinds and llm.exhausted()
+    if "bad_json" in kinds:  # the unparseable reply is kept for inspection
+        bad = extract if update is None else update
+        assert m.stats.to_json()["bad_replies"] == [bad]
 
 
 # --------------------------------------------------------------------------------------- Mem0g

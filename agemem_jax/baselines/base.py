@@ -26,6 +26,7 @@ from agemem_jax.chat import ChatFormat
 from agemem_jax.sampler import generate
 
 R = TypeVar("R")
+BAD_REPLIES_KEPT = 3  # unparseable replies kept per episode for inspection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,8 @@ class SystemStats:
     parse_failures: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     ingest_seconds: list[float] = dataclasses.field(default_factory=list)
     search_seconds: list[float] = dataclasses.field(default_factory=list)
+    # The first replies that held no JSON (cut to 300 characters): what a failing model writes.
+    bad_replies: list[str] = dataclasses.field(default_factory=list)
 
     def account(self, request: LLMRequest, reply: LLMReply) -> None:
         self.llm_calls += 1
@@ -128,6 +131,7 @@ class SystemStats:
             "searches": len(self.search_seconds),
             "ingest_p50_s": _p50(self.ingest_seconds),
             "search_p50_s": _p50(self.search_seconds),
+            "bad_replies": list(self.bad_replies),
         }
 
 
@@ -231,6 +235,8 @@ class MemorySystem(abc.ABC):
         value = parse_json(text)
         if value is None:
             self.fail("bad_json")
+            if len(self.stats.bad_replies) < BAD_REPLIES_KEPT:
+                self.stats.bad_replies.append(text[:300])
         return value
 
     def fail(self, kind: str, n: int = 1) -> None:
