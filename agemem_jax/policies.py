@@ -291,7 +291,7 @@ class ModelPolicy:
         self.mesh, self.rules = mesh, rules
         self.session: SamplerSession | None = None
         self._cached: list[tuple[int, ...]] = []
-        self.stats = {
+        self.stats: dict[str, float] = {
             "prefilled_tokens": 0,
             "row_resets": 0,
             "generated_tokens": 0,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -61,7 +62,7 @@ def parity(impl: str) -> dict:
         packed = pack(rows, trainer.packing_cfg, tokens_per_micro=2048, min_row_len=1024)
         out[name] = (trainer.logprobs(packed)[0], packed.micro_batches[0].segment_ids > 0)
     ref, real = out["f32_dense"]
-    line = {"check": "parity", "impl": impl, "backend": jax.default_backend()}
+    line: dict[str, Any] = {"check": "parity", "impl": impl, "backend": jax.default_backend()}
     for name in ("bf16_dense", "bf16_fused"):
         diff = np.abs(out[name][0] - ref)[real]
         line[f"{name}_max_abs"] = float(diff.max())
@@ -95,7 +96,7 @@ def update_time(impl: str, seq: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--impl", default="auto")
     ap.add_argument("--seq", type=int, default=8192)
     args = ap.parse_args()

@@ -31,6 +31,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from typing import Any
 
 import jax
 import numpy as np
@@ -72,8 +73,9 @@ def prompts(tokenizer) -> list[str]:
 
 # --------------------------------------------------------------------------- ours
 def ours(mode: str, texts: list[str], steps: int, attention: str) -> dict:
-    lora = dict(lora_rank=RANK, lora_alpha=ALPHA) if mode == "lora" else {}
+    lora: dict[str, Any] = dict(lora_rank=RANK, lora_alpha=ALPHA) if mode == "lora" else {}
     model, tok = load_checkpoint(MODEL, attention_impl=attention, **lora)
+    assert tok is not None
     trainer = Trainer(
         model,
         loss=dict(kl_beta=BETA),
@@ -126,7 +128,7 @@ def trl(mode: str, folder: str, texts: list[str], steps: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer  # pyright: ignore[reportPrivateImportUsage]
 
     tok = AutoTokenizer.from_pretrained(folder)
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -166,7 +168,7 @@ def trl(mode: str, folder: str, texts: list[str], steps: int) -> dict:
         data = Dataset.from_dict({"prompt": [texts[i % len(texts)] for i in range(steps)]})
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=reward,
+            reward_funcs=reward,  # pyright: ignore[reportArgumentType]
             args=args,
             train_dataset=data,
             processing_class=tok,
@@ -210,7 +212,7 @@ def trl(mode: str, folder: str, texts: list[str], steps: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--modes", default="full,lora")
     ap.add_argument("--steps", type=int, default=2, help="steps per side; the last is timed")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")

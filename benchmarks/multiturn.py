@@ -103,7 +103,7 @@ def reprefill(hf, prompts, obs, turns: int, new: int) -> tuple[float, int]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--obs-tokens", type=int, default=60)
     ap.add_argument("--new-tokens", type=int, default=40)
