@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import re
@@ -184,6 +185,7 @@ class Server:
         self.embedder = embedder
         self._embed_lock = threading.Lock()
         self.created = int(time.time())
+        self.stats: collections.Counter[str] = collections.Counter()  # requests by feature
 
     # -------------------------------------------------------------- chat
     def _check_model(self, body: dict, kind: str) -> str:
@@ -237,6 +239,9 @@ class Server:
             grammar = fmt
         if grammar is not None:
             stop = []  # a structured reply ends where its grammar does
+        self.stats["chat"] += 1
+        self.stats["tool_choice_" + choice] += bool(tools)
+        self.stats["response_format_" + str((body.get("response_format") or {}).get("type"))] += 1
         reqs = []
         for i in range(n):
             constraint = None
@@ -284,6 +289,7 @@ class Server:
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             raise _bad("encoding_format must be float or base64", "encoding_format")
+        self.stats["embeddings"] += 1
         with self._embed_lock:
             vectors = np.asarray(self.embedder.encode(inputs), np.float32)
         data = []
