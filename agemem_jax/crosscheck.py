@@ -96,7 +96,8 @@ def run_langmem(ep: Endpoint, conversations: Sequence[Sequence[str]]) -> list[li
     manager = create_memory_manager(llm)
     out = []
     for conv in conversations:
-        found = manager.invoke({"messages": [{"role": "user", "content": m} for m in conv]})
+        state: Any = {"messages": [{"role": "user", "content": m} for m in conv]}
+        found = manager.invoke(state)
         out.append([_langmem_text(m) for m in found])
     return out
 
@@ -126,13 +127,15 @@ class ServerLLM:
         base = importlib.import_module("agemem_jax.baselines.base")
 
         def one(req):
+            messages: Any = [dict(m) for m in req.messages]
             r = self.client.chat.completions.create(
-                model=self.ep.model, messages=[dict(m) for m in req.messages],
-                temperature=float(req.temperature),
+                model=self.ep.model, messages=messages, temperature=float(req.temperature),
                 max_tokens=min(int(req.max_new_tokens), self.ep.max_tokens),
             )  # fmt: skip
-            return base.LLMReply(r.choices[0].message.content or "", r.usage.prompt_tokens,
-                                 r.usage.completion_tokens)  # fmt: skip
+            usage = r.usage
+            return base.LLMReply(r.choices[0].message.content or "",
+                                 usage.prompt_tokens if usage else 0,
+                                 usage.completion_tokens if usage else 0)  # fmt: skip
 
         with cf.ThreadPoolExecutor(self.parallel) as pool:
             return list(pool.map(one, requests))

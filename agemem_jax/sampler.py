@@ -721,7 +721,9 @@ class SamplerSession:
         per_row = sampling if isinstance(sampling, Mapping) else {}
         row_params = [per_row.get(r, sampling if per_row == {} else None) for r in rows]
         if any(p is None for p in row_params) and per_row:
-            raise ValueError(f"per-row sampling misses rows {[r for r in rows if r not in per_row]}")
+            raise ValueError(
+                f"per-row sampling misses rows {[r for r in rows if r not in per_row]}"
+            )
         params = [p if isinstance(p, SamplingParams) else SamplingParams() for p in row_params]
         if len({p.top_k for p in params}) > 1:
             raise ValueError("rows decoded together must share top_k")
@@ -750,7 +752,9 @@ class SamplerSession:
             for r, m in allowed.items():
                 m = np.asarray(m, bool)
                 if m.shape != (self.cfg.vocab_size,) or not m.any():
-                    raise ValueError(f"row {r}: a mask needs {self.cfg.vocab_size} entries, one set")
+                    raise ValueError(
+                        f"row {r}: a mask needs {self.cfg.vocab_size} entries, one set"
+                    )
                 mask[self._row(r)] = m
             mask = self._place(mask, ("batch", None))
         if (limit[rows] < 1).any():

@@ -29,6 +29,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import time
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def main() -> None:
     cfg = ServeConfig(max_rows=args.rows, decode_chunk=args.chunk, model_name="m")
     server = build_server(model, tokenizer, cfg, "m", max_len=1024)
 
-    jobs = [
+    jobs: list[dict[str, Any]] = [
         dict(tag=f"{c}-{k}", max_tokens=LENGTHS[(c + k) % len(LENGTHS)], seed=1000 * c + k,
              messages=[{"role": "user",
                         "content": f"Request {c}-{k}. Tell me about {TOPICS[(c * 3 + k) % 8]}."}])
@@ -65,7 +66,8 @@ def main() -> None:
     ]  # fmt: skip
 
     with BackgroundServer(create_app(server)) as url:
-        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
+        # Untyped: the requests are plain dicts, as a client in any language would send.
+        client: Any = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
 
         def one(job):
             t = time.perf_counter()
@@ -128,7 +130,7 @@ def main() -> None:
             t_json = time.perf_counter() - t0
         from agemem_jax.serving.grammar import Constraint, json_schema_grammar
 
-        con = Constraint(json_schema_grammar(schema), tokenizer, model.cfg.vocab_size,
+        con = Constraint(json_schema_grammar(schema), tokenizer, server.session.cfg.vocab_size,
                          server.session.eos_ids)  # fmt: skip
         t0 = time.perf_counter()
         for _ in range(50):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from absl import app, flags
 
@@ -58,7 +59,7 @@ def main(argv):
     cfg = ServeConfig(max_rows=_ROWS.value, model_name=name,
                       max_output_tokens=_MAX_TOKENS.value)  # fmt: skip
     server = build_server(model, tokenizer, cfg, name, encoder, max_len=8192)
-    report = dict(checkpoint=name, conversations=conversations, threshold=_THRESHOLD.value,
+    report: dict[str, Any] = dict(checkpoint=name, conversations=conversations, threshold=_THRESHOLD.value,
                   official={}, ours={}, agreement={})  # fmt: skip
     with BackgroundServer(create_app(server)) as url:
         ep = cc.Endpoint(url, name, max_tokens=_MAX_TOKENS.value)

@@ -24,7 +24,9 @@ from agemem_jax import cli
 from agemem_jax.serving.engine import ServeConfig
 
 _D = ServeConfig()
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF folder, .gguf, alias or training workdir.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "HF folder, .gguf, alias or training workdir."
+)
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on.")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
 _API_KEY = flags.DEFINE_string("api_key", _D.api_key, "Bearer key clients must send (empty: none).")
@@ -43,7 +45,11 @@ _EMBEDDINGS = flags.DEFINE_bool("embeddings", True, "Serve /v1/embeddings with M
 def resolve_checkpoint(path: str) -> str:
     """A training workdir stands for its exported policy."""
     p = Path(path)
-    if p.is_dir() and not (p / "config.json").is_file() and (p / "export" / "config.json").is_file():
+    if (
+        p.is_dir()
+        and not (p / "config.json").is_file()
+        and (p / "export" / "config.json").is_file()
+    ):
         return str(p / "export")
     return path
 

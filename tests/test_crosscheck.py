@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from agemem_jax import crosscheck as cc  # noqa: E402
-from agemem_jax.data.hotpotqa import SHARED_SAMPLE  # noqa: E402
-from agemem_jax.encoder import MiniLMEncoder  # noqa: E402
+from agemem_jax import crosscheck as cc
+from agemem_jax.data.hotpotqa import SHARED_SAMPLE
+from agemem_jax.encoder import MiniLMEncoder
 
 needs_data = pytest.mark.skipif(not SHARED_SAMPLE.is_file(), reason=f"{SHARED_SAMPLE} is absent")
 needs_mem0 = pytest.mark.skipif(importlib.util.find_spec("mem0") is None, reason="mem0ai absent")
@@ -61,7 +61,9 @@ def test_agreement_is_the_embedding_match_rate(encoder):
 @needs_data
 def test_stage1_conversations_are_hotpotqa_stage_one():
     convs = cc.stage1_conversations(3, t1=4)
-    assert len(convs) == 3 and all(len(c) == 4 and all(isinstance(m, str) for m in c) for c in convs)
+    assert len(convs) == 3 and all(
+        len(c) == 4 and all(isinstance(m, str) for m in c) for c in convs
+    )
 
 
 @needs_data
@@ -71,7 +73,9 @@ def test_official_mem0_runs_against_the_server(served):
     before = dict(server.stats)
     stored = cc.run_mem0(ep, cc.stage1_conversations(1))
     assert len(stored) == 1  # completed; an untrained model's facts may not parse
-    assert server.stats["response_format_json_object"] > before.get("response_format_json_object", 0)
+    assert server.stats["response_format_json_object"] > before.get(
+        "response_format_json_object", 0
+    )
     # Without inference mem0 stores the messages as they are, embedded by our server, and
     # finds them again by similarity.
     os.environ["MEM0_TELEMETRY"] = "False"

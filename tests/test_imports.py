@@ -81,8 +81,13 @@ def test_no_cycles():
         ("rewards", LEARNER | EPISODES | {"policies", "memory_env"}),
         ("judges", LEARNER | EPISODES | {"rewards", "memory_env", "policies"}),
         # The server sits above the sampler and knows no memory, environments or training.
-        ("serving", LEARNER | MEMORY | EPISODES | {"policies", "judges", "rewards", "envs",
-                     "baselines", "crosscheck"}),
+        (
+            "serving",
+            LEARNER
+            | MEMORY
+            | EPISODES
+            | {"policies", "judges", "rewards", "envs", "baselines", "crosscheck"},
+        ),
     ],
 )
 def test_layers_point_downward(layer, forbidden):

@@ -131,7 +131,9 @@ TOOLS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "add_memory"}}])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "add_memory"}}]
+)
 def test_tool_calls_come_back_in_the_api_shape(client, choice):
     r = client.chat.completions.create(model=MODEL, messages=ask("I like paris"), tools=TOOLS,
                                        tool_choice=choice, max_tokens=64, seed=3)  # fmt: skip
@@ -179,7 +181,8 @@ def test_errors_have_the_api_shape_and_the_server_survives(served, client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=ask("the city " * 300))
     assert e.value.body["code"] == "context_length_exceeded"
-    assert int(re.search(r"resulted in (\d+) tokens", e.value.body["message"])[1]) > 600
+    count = re.search(r"resulted in (\d+) tokens", e.value.body["message"])
+    assert count is not None and int(count[1]) > 600
     with pytest.raises(openai.APIStatusError) as e:
         client.chat.completions.create(model=MODEL, messages=ask("x" * 40_000))
     assert e.value.status_code == 413

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -65,7 +65,7 @@ def _bad(message: str, param: str | None = None) -> APIError:
 
 
 # ---------------------------------------------------------------------------- request parsing
-def _field(body: dict, name: str, kinds: type | tuple[type, ...], default=None):
+def _field(body: dict, name: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
     value = body.get(name, default)
     if value is None:
         return default
@@ -144,7 +144,9 @@ def _tool_choice(body: dict, tools: list[dict[str, Any]]) -> tuple[str, list[dic
     choice = body.get("tool_choice", "auto" if tools else "none")
     if isinstance(choice, str):
         if choice not in ("none", "auto", "required"):
-            raise _bad(f"tool_choice {choice!r}: use none, auto, required or a function", "tool_choice")
+            raise _bad(
+                f"tool_choice {choice!r}: use none, auto, required or a function", "tool_choice"
+            )
         if choice != "none" and not tools:
             raise _bad(f"tool_choice {choice!r} needs tools", "tool_choice")
         return choice, tools
@@ -261,7 +263,9 @@ class Server:
             stream=bool(_field(body, "stream", bool, False)),
             logprobs=bool(_field(body, "logprobs", bool, False)),
             tools=bool(tools) and choice != "none",
-            include_usage=bool((_field(body, "stream_options", dict, {}) or {}).get("include_usage")),
+            include_usage=bool(
+                (_field(body, "stream_options", dict, {}) or {}).get("include_usage")
+            ),
             prompt_tokens=len(prompt),
         )
         return reqs, options
@@ -281,7 +285,11 @@ class Server:
             raise APIError(404, "this server has no embedding model", code="model_not_found")
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else inputs
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
+        if (
+            not isinstance(inputs, list)
+            or not inputs
+            or not all(isinstance(x, str) for x in inputs)
+        ):
             raise _bad("input must be a string or a non-empty list of strings", "input")
         dims = _field(body, "dimensions", int)
         if dims is not None and dims != self.embedder.dim:
@@ -294,7 +302,11 @@ class Server:
             vectors = np.asarray(self.embedder.encode(inputs), np.float32)
         data = []
         for i, v in enumerate(vectors):
-            emb = base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist()
+            emb = (
+                base64.b64encode(v.astype("<f4").tobytes()).decode()
+                if fmt == "base64"
+                else v.tolist()
+            )
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n_tok = sum(len(t) for t in self.embedder.token_ids(inputs)) if hasattr(
             self.embedder, "token_ids") else 0  # fmt: skip
@@ -302,7 +314,9 @@ class Server:
                 "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}  # fmt: skip
 
 
-def _finish(reason: str | None, text: str, tools: bool) -> tuple[str | None, str | None, list | None]:
+def _finish(
+    reason: str | None, text: str, tools: bool
+) -> tuple[str | None, str | None, list | None]:
     """(finish_reason, content, tool_calls) of a finished choice in the API's terms."""
     if reason == "error":
         return reason, text, None
@@ -339,7 +353,9 @@ def create_app(server: Server):
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_, e: StarletteHTTPException):
-        err = APIError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+        err = APIError(
+            e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None
+        )
         return JSONResponse(err.body(), status_code=e.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -396,8 +412,15 @@ def create_app(server: Server):
         reqs, opt = server.prepare_chat(body)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+
+        def sink(i: int) -> Callable[[Event], None]:
+            def put(e: Event) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (i, e))
+
+            return put
+
         for i, r in enumerate(reqs):
-            r.sink = lambda e, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, e))
+            r.sink = sink(i)
             server.engine.submit(r)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "created": created, "model": server.model_name}
@@ -438,7 +461,9 @@ def create_app(server: Server):
                 reason, content, calls = _finish(reasons[i], texts[i], opt["tools"])
                 msg: dict[str, Any] = {"role": "assistant", "content": content}
                 if calls:
-                    msg["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+                    msg["tool_calls"] = [
+                        {k: v for k, v in c.items() if k != "index"} for c in calls
+                    ]
                 choices.append({
                     "index": i, "message": msg, "finish_reason": reason,
                     "logprobs": {"content": server.logprob_entries(tokens[i], lps[i])}

@@ -98,6 +98,8 @@ class Engine:
     def __init__(self, session: SamplerSession, cfg: ServeConfig):
         self.session = session
         self.cfg = cfg
+        if session.tokenizer is None:
+            raise ValueError("the engine needs a session with a tokenizer")
         self.tokenizer = session.tokenizer
         self._inbox: queue.Queue[Request | None] = queue.Queue()
         self._waiting: collections.deque[Request] = collections.deque()
@@ -206,9 +208,7 @@ class Engine:
                     finish = "stop"
             slot.tokens += tokens
             slot.logprobs += out.model_logprobs[: len(tokens)]
-            if finish is None and (
-                self._left(r) <= 0 or lengths[r] >= self.session.max_len
-            ):
+            if finish is None and (self._left(r) <= 0 or lengths[r] >= self.session.max_len):
                 finish = "length"
             self._emit(r, slot, finish)
 
