@@ -836,7 +836,9 @@ class SamplerSession:
         step = self.prefill_chunk
         for start in range(0, int(lens.max()), step):
             piece = np.clip(lens - start, 0, step)
-            width = bucket(int(piece.max()), 32)
+            # A chunk of one token per row (a server committing pending tokens, a grammar's
+            # single step) gets its own narrow program instead of 32 columns of padding.
+            width = 1 if piece.max() == 1 else bucket(int(piece.max()), 32)
             ids = np.zeros((self.batch_size, width), np.int32)
             for r, c in enumerate(chunks):
                 if piece[r] and c is not None:

@@ -41,7 +41,7 @@ def served():
 
 @pytest.fixture(scope="module")
 def client(served):
-    return openai.OpenAI(base_url=served[1], api_key=KEY, max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=served[1], api_key=KEY, max_retries=0, timeout=600)
 
 
 def ask(text: str) -> list[dict]:
