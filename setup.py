@@ -43,6 +43,20 @@ EXTRAS = {
         "pyright[nodejs]==1.1.414",
         # Drives the system Chromium (never a downloaded browser) for the viewer/report tests.
         "playwright>=1.45",
+        "openai>=1.40",  # the official client drives the server in tests and benchmarks
+    ],
+    # The OpenAI-compatible server (experiments/serve.py, agemem_jax.serving).
+    "serve": [
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "llguidance>=1.0",  # structured output: grammar masks over a HF tokenizer, no torch
+    ],
+    # The official memory packages, run against our server (agemem_jax.crosscheck).
+    "baselines": [
+        "mem0ai>=1.0,<2",  # 2.x dropped UPDATE/DELETE and graph memory
+        "langmem>=0.0.30",
+        "langchain-openai>=0.3",  # langmem's chat model pointed at our server
+        "openai>=1.40",
     ],
     # Benchmark environments (ScienceWorld, BabyAI, PDDL, ALFWorld) arrive with their issue.
     "envs": [

@@ -290,3 +290,14 @@ LANGMEM_DELETE_RULE = (
 )
 
 LANGMEM_EXTRACT_USER = "Existing memories:\n{memories}\n\nConversation:\n{transcript}"
+
+# The OpenAI-compatible server (agemem_jax.serving): how a request's `tools` reach the model.
+# {listing}: one JSON function spec per line; {open}/{close}: the tool-call tags.
+
+SERVE_TOOLS = """\
+You can call functions. Their specifications:
+<tools>
+{listing}
+</tools>
+To call a function, reply with {open}{{"name": <function name>, "arguments": <JSON object>}}{close} \
+and nothing else."""

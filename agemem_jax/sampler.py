@@ -205,33 +205,43 @@ def select_tokens(
     greedy: bool,
     top_k: int,
     use_top_p: bool,
+    allowed: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     """Draw one token per row. logits [B, V]; keys [B] (one PRNG key per row).
 
     Returns (tokens, log-prob under the sampling distribution, log-prob under the raw model).
     Temperature, then top-k, then top-p (the smallest set of most likely tokens whose mass
     reaches top_p), as transformers applies them; ties at a cut-off are all kept.
+    `temperature` and `top_p` are scalars or one value per row; a row at temperature 0 is
+    greedy. `allowed` [B, V] (a grammar's mask) removes tokens before anything else; the raw
+    model's log-prob still scores the token under the unmasked model.
     """
     logits = logits.astype(jnp.float32)
     raw_lse = jax.nn.logsumexp(logits, axis=-1)
+    masked = logits if allowed is None else jnp.where(allowed, logits, -jnp.inf)
+    argmax = jnp.argmax(masked, axis=-1).astype(jnp.int32)
     if greedy:
-        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        raw = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
-        return tokens, jnp.zeros_like(raw), raw - raw_lse
-    x = logits / temperature
+        raw = jnp.take_along_axis(logits, argmax[:, None], axis=-1)[:, 0]
+        return argmax, jnp.zeros_like(raw), raw - raw_lse
+    rows = logits.shape[:1]
+    temperature = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), rows)
+    top_p = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), rows)[:, None]
+    sampled = temperature > 0
+    x = masked / jnp.where(sampled, temperature, 1.0)[:, None]
     x = x - jnp.max(x, axis=-1, keepdims=True)
     w = jnp.exp(x)  # unnormalized probabilities, max 1
     if top_k:
         count_ge = lambda t: jnp.sum(w >= t, axis=-1) >= top_k
         w = jnp.where(w >= _largest_threshold(w, count_ge), w, 0.0)
     if use_top_p:
-        need = top_p * jnp.sum(w, axis=-1)
+        need = top_p[:, 0] * jnp.sum(w, axis=-1)
         mass_ge = lambda t: jnp.sum(jnp.where(w >= t, w, 0.0), axis=-1) >= need
         w = jnp.where(w >= _largest_threshold(w, mass_ge), w, 0.0)
-    tokens = _draw(keys, w)
+    tokens = jnp.where(sampled, _draw(keys, w), argmax)
     picked = jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
     raw = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
-    return tokens, picked - jnp.log(jnp.sum(w, axis=-1)), raw - raw_lse
+    logp = jnp.where(sampled, picked - jnp.log(jnp.sum(w, axis=-1)), 0.0)
+    return tokens, logp, raw - raw_lse
 
 
 # ---------------------------------------------------------------------------- programs
@@ -336,12 +346,12 @@ def _decode(
     turn,
     last_hidden,
     limit,
-    key,
-    row_offset,
+    row_keys,
     temperature,
     top_p,
     eos_ids,
     stop_table,
+    allowed=None,
     *,
     greedy,
     top_k,
@@ -356,20 +366,19 @@ def _decode(
     strings and `limit`. Finished rows stop advancing: their forward passes write past their
     length, where nothing reads. When a running row reaches the last slot the program returns;
     the session grows the cache and calls it again with the same `turn`, so the cache (and
-    the attention over it) only ever spans what the rows have actually used.
+    the attention over it) only ever spans what the rows have actually used. `allowed` [B, V],
+    when given, masks the turn's first token only (a host-side grammar steps one token a turn).
     """
     _TRACES["decode"] += 1
     model = nnx.merge(graphdef, params)
-    rows = jnp.arange(turn.index.shape[0]) + row_offset
     q_pad = stop_table.shape[1]
 
-    def sample_and_record(c: _Turn, logits: Array) -> _Turn:
-        keys = jax.vmap(lambda r, n: jax.random.fold_in(jax.random.fold_in(key, r), n))(
-            rows, c.draws
-        )
+    def sample_and_record(c: _Turn, logits: Array, mask=None) -> _Turn:
+        keys = jax.vmap(jax.random.fold_in)(row_keys, c.draws)
         tok, lp, mlp = select_tokens(
-            logits, keys, temperature, top_p, greedy=greedy, top_k=top_k, use_top_p=use_top_p
-        )
+            logits, keys, temperature, top_p, greedy=greedy, top_k=top_k, use_top_p=use_top_p,
+            allowed=mask,
+        )  # fmt: skip
         running = ~c.done
         tok = jnp.where(running, tok, 0)
         n_gen = c.n_gen + running
@@ -408,7 +417,7 @@ def _decode(
         room = jnp.all(c.done | (c.index < cache.slots))
         return (c.step < c.tokens.shape[1]) & ~jnp.all(c.done) & room
 
-    first = lambda c: sample_and_record(c, model.logits(last_hidden))
+    first = lambda c: sample_and_record(c, model.logits(last_hidden), allowed)
     turn = jax.lax.cond(turn.step == 0, first, lambda c: c, turn)
     turn, cache = jax.lax.while_loop(more, body, (turn, cache))
     turn = turn._replace(index=_constrain(turn.index, ("batch",), layout))
@@ -510,14 +519,19 @@ class SamplerSession:
                 shards *= mesh.shape[ax]
         self.num_rows = batch_size
         self.batch_size = -(-batch_size // shards) * shards
-        self._key = jax.random.key(seed)
         if row_offset < 0:
             raise ValueError(f"row_offset must be >= 0, got {row_offset}")
-        self._row_offset = jnp.int32(row_offset)
         self._graphdef, self._params = None, None
         self._cache: KVCache | None = None
-        # Per-row PRNG counters live as long as the session, so later batches never replay the
-        # random numbers of earlier ones.
+        # Per-row PRNG keys (the session seed folded with the row index, or a row's own seed) and
+        # counters. Counters live as long as the session, so later batches never replay the
+        # random numbers of earlier ones; seeding a row restarts its counter.
+        key = jax.random.key(seed)
+        self._row_keys = np.array(
+            jax.random.key_data(jax.vmap(lambda r: jax.random.fold_in(key, r))(
+                jnp.arange(self.batch_size) + row_offset
+            ))
+        )  # fmt: skip
         self._draws = self._place(np.zeros(self.batch_size, np.int32), ("batch",))
         # Decode utilization: every loop step samples a token for all `batch_size` rows; only
         # the running rows' tokens are kept (finished, idle and padding rows spin along).
@@ -625,8 +639,29 @@ class SamplerSession:
             if len(chunks) > self.num_rows:
                 raise ValueError(f"{len(chunks)} chunks for {self.num_rows} rows")
             chunks = {i: c for i, c in enumerate(chunks) if c is not None}
+        self.feed(append=chunks)
+
+    def reset_row(self, row: int, prompt, *, seed: int | None = None) -> None:
+        """Replace one row's whole context (after Filter/Summary/stage reset) and prefill it.
+
+        With `seed`, the row draws from its own PRNG stream from now on, whatever its index.
+        """
+        self.feed(reset={row: prompt}, seeds=None if seed is None else {row: seed})
+
+    def feed(
+        self,
+        append: Mapping[int, Sequence[int]] | None = None,
+        reset: Mapping[int, Any] | None = None,
+        seeds: Mapping[int, int] | None = None,
+    ) -> None:
+        """`append` to some rows and `reset` others (new prompts) in one prefill.
+
+        A server admits new requests and commits the pending tokens of running ones this way
+        in a single program call. `seeds` gives reset rows their own PRNG streams.
+        """
+        append, reset, seeds = dict(append or {}), dict(reset or {}), dict(seeds or {})
         todo: list[list[int] | None] = [None] * self.batch_size
-        for row, ids in chunks.items():
+        for row, ids in append.items():
             row = self._row(row)
             ids = self.encode(ids) if len(ids) else []
             pending = self._pending[row]
@@ -634,21 +669,28 @@ class SamplerSession:
             todo[row] = chunk
             if self._lengths[row] + len(chunk) == 0:
                 raise ValueError(f"row {row} is empty; use start() or reset_row() first")
-        self._prefill(todo, reset=np.zeros(self.batch_size, bool))
-
-    def reset_row(self, row: int, prompt) -> None:
-        """Replace one row's whole context (after Filter/Summary/stage reset) and prefill it."""
-        row = self._row(row)
-        ids = self.encode(prompt)
-        if not ids:
-            raise ValueError("reset_row needs a non-empty prompt")
-        todo: list[list[int] | None] = [None] * self.batch_size
-        todo[row] = ids
-        reset = np.zeros(self.batch_size, bool)
-        reset[row] = True
-        self._pending[row] = None
-        self._lengths[row] = 0
-        self._prefill(todo, reset=reset)
+        resets = np.zeros(self.batch_size, bool)
+        for row, prompt in reset.items():
+            row = self._row(row)
+            if row in append:
+                raise ValueError(f"row {row} is both appended to and reset")
+            todo[row] = self.encode(prompt)
+            if not todo[row]:
+                raise ValueError(f"reset needs a non-empty prompt (row {row})")
+            resets[row] = True
+        for row, seed in seeds.items():
+            row = self._row(row)
+            if not resets[row]:
+                raise ValueError(f"only reset rows take a seed (row {row})")
+            self._row_keys[row] = np.asarray(jax.random.key_data(jax.random.key(int(seed))))
+        if seeds:
+            draws = np.array(jax.device_get(self._draws))
+            draws[[self._row(r) for r in seeds]] = 0
+            self._draws = self._place(draws, ("batch",))
+        for row in np.nonzero(resets)[0]:
+            self._pending[row] = None
+            self._lengths[row] = 0
+        self._prefill(todo, reset=resets)
 
     def next_logits(self) -> np.ndarray:
         """Logits [rows, vocab] of the next token for every ready row (others are NaN)."""
@@ -661,24 +703,21 @@ class SamplerSession:
 
     def decode(
         self,
-        max_new_tokens: int,
-        sampling: SamplingParams | None = None,
+        max_new_tokens: int | Mapping[int, int],
+        sampling: SamplingParams | Mapping[int, SamplingParams] | None = None,
         *,
         rows: Sequence[int] | None = None,
         stop: Sequence[str] | None = None,
+        allowed: Mapping[int, np.ndarray] | None = None,
     ) -> list[Completion | None]:
         """Generate for `rows` (default: every ready row) until each stops or hits the limit.
 
         Returns one entry per row: a Completion, or None for rows that did not take part.
-        `stop` overrides the session's stop strings for this turn.
+        `stop` overrides the session's stop strings for this turn. `max_new_tokens` and
+        `sampling` may be given per row (rows that share a batch may differ in temperature and
+        top_p, not in top_k). `allowed` maps a row to a boolean [vocab] mask of the tokens its
+        first sampled token may be (a grammar's next-token mask); other rows are unmasked.
         """
-        sampling = sampling or SamplingParams()
-        if int(max_new_tokens) < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if sampling.top_k > self.cfg.vocab_size:
-            raise ValueError(
-                f"top_k={sampling.top_k} exceeds the vocabulary ({self.cfg.vocab_size})"
-            )
         if rows is None:
             rows = [r for r in range(self.num_rows) if self._ready[r]]
         rows = sorted({self._row(r) for r in rows})
@@ -687,10 +726,45 @@ class SamplerSession:
             raise ValueError(
                 f"rows {not_ready or rows} cannot decode: start(), append() or reset_row() first"
             )
+        per_row = sampling if isinstance(sampling, Mapping) else {}
+        row_params = [per_row.get(r, sampling if per_row == {} else None) for r in rows]
+        if any(p is None for p in row_params) and per_row:
+            raise ValueError(
+                f"per-row sampling misses rows {[r for r in rows if r not in per_row]}"
+            )
+        params = [p if isinstance(p, SamplingParams) else SamplingParams() for p in row_params]
+        if len({p.top_k for p in params}) > 1:
+            raise ValueError("rows decoded together must share top_k")
+        sampling = params[0]
+        if sampling.top_k > self.cfg.vocab_size:
+            raise ValueError(
+                f"top_k={sampling.top_k} exceeds the vocabulary ({self.cfg.vocab_size})"
+            )
+        budget = np.zeros(self.batch_size, np.int64)
+        for r in rows:
+            n = max_new_tokens[r] if isinstance(max_new_tokens, Mapping) else max_new_tokens
+            if int(n) < 1:
+                raise ValueError(f"max_new_tokens must be >= 1, got {n}")
+            budget[r] = int(n)
+        temperature = np.ones(self.batch_size, np.float32)
+        top_p = np.ones(self.batch_size, np.float32)
+        for r, p in zip(rows, params, strict=True):
+            temperature[r], top_p[r] = p.temperature, p.top_p
         active = np.zeros(self.batch_size, bool)
         active[rows] = True
         room = self.max_len - self._lengths
-        limit = np.where(active, np.minimum(int(max_new_tokens), room), 0).astype(np.int32)
+        limit = np.where(active, np.minimum(budget, room), 0).astype(np.int32)
+        mask = None
+        if allowed:
+            mask = np.ones((self.batch_size, self.cfg.vocab_size), bool)
+            for r, m in allowed.items():
+                m = np.asarray(m, bool)
+                if m.shape != (self.cfg.vocab_size,) or not m.any():
+                    raise ValueError(
+                        f"row {r}: a mask needs {self.cfg.vocab_size} entries, one set"
+                    )
+                mask[self._row(r)] = m
+            mask = self._place(mask, ("batch", None))
         if (limit[rows] < 1).any():
             full = [r for r in rows if limit[r] < 1]
             raise ValueError(f"rows {full} are at max_len={self.max_len}; nothing to generate")
@@ -702,17 +776,17 @@ class SamplerSession:
         )
         args = (
             self._place(limit, ("batch",)),
-            self._key,
-            self._row_offset,
-            jnp.float32(sampling.temperature or 1.0),
-            jnp.float32(sampling.top_p),
+            jax.random.wrap_key_data(self._place(self._row_keys, ("batch", None))),
+            self._place(temperature, ("batch",)),
+            self._place(top_p, ("batch",)),
             eos,
             table,
+            mask,
         )
         static = dict(
-            greedy=sampling.greedy,
+            greedy=all(p.greedy for p in params),
             top_k=int(sampling.top_k),
-            use_top_p=sampling.top_p < 1.0,
+            use_top_p=any(p.top_p < 1.0 for p in params),
             layout=self.layout,
         )
         lengths, running = self._lengths.copy(), active.copy()
@@ -772,7 +846,9 @@ class SamplerSession:
         step = self.prefill_chunk
         for start in range(0, int(lens.max()), step):
             piece = np.clip(lens - start, 0, step)
-            width = bucket(int(piece.max()), 32)
+            # A chunk of one token per row (a server committing pending tokens, a grammar's
+            # single step) gets its own narrow program instead of 32 columns of padding.
+            width = 1 if piece.max() == 1 else bucket(int(piece.max()), 32)
             ids = np.zeros((self.batch_size, width), np.int32)
             for r, c in enumerate(chunks):
                 if piece[r] and c is not None:

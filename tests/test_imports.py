@@ -82,6 +82,14 @@ def test_no_cycles():
         ("judges", LEARNER | EPISODES | {"rewards", "memory_env", "policies"}),
         # A memory baseline drives the sampler and its own stores; it knows no episode.
         ("baselines", LEARNER | EPISODES | {"policies", "judges", "rewards", "memory_env"}),
+        # The server sits above the sampler and knows no memory, environments or training.
+        (
+            "serving",
+            LEARNER
+            | MEMORY
+            | EPISODES
+            | {"policies", "judges", "rewards", "envs", "baselines", "crosscheck"},
+        ),
     ],
 )
 def test_layers_point_downward(layer, forbidden):
