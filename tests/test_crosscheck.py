@@ -99,6 +99,7 @@ def test_official_mem0_runs_against_the_server(served):
     assert server.stats["embeddings"] >= 3
 
 
+@pytest.mark.slow  # CI runs the mem0ai path; langmem's import and tool loop take minutes
 @needs_data
 @needs_langmem
 def test_official_langmem_runs_against_the_server(served):

@@ -51,6 +51,7 @@ def _nbytes(tree) -> int:
     return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow  # compiles a real update beside the plan's: minutes on 2 cores
 def test_plan_matches_real_arrays_and_compiled_update(tok):
     text, plan = _plan(tok, "1xH100")  # one device, like this test process
     assert "1xH100" in text and " yes " in text
