@@ -9,20 +9,22 @@ similarity >= `threshold` under MiniLM; the rate is the matched entries of both 
 entries (1.0 when neither side stores anything).
 
 The re-implementations are taken by name from `agemem_jax.baselines` (make_system / ingest_all /
-memories); when that package is absent the official packages still run alone.
+memories).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import importlib
 import os
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from agemem_jax import baselines
+from agemem_jax.baselines.base import LLMReply
 
 OFFICIAL = ("mem0", "langmem")
 
@@ -124,8 +126,6 @@ class ServerLLM:
         self.parallel = parallel
 
     def complete(self, requests: Sequence[Any]) -> list[Any]:
-        base = importlib.import_module("agemem_jax.baselines.base")
-
         def one(req):
             messages: Any = [dict(m) for m in req.messages]
             r = self.client.chat.completions.create(
@@ -133,7 +133,7 @@ class ServerLLM:
                 max_tokens=min(int(req.max_new_tokens), self.ep.max_tokens),
             )  # fmt: skip
             usage = r.usage
-            return base.LLMReply(r.choices[0].message.content or "",
+            return LLMReply(r.choices[0].message.content or "",
                                  usage.prompt_tokens if usage else 0,
                                  usage.completion_tokens if usage else 0)  # fmt: skip
 
@@ -141,19 +141,8 @@ class ServerLLM:
             return list(pool.map(one, requests))
 
 
-def reimplementations():
-    """`agemem_jax.baselines`, or a CrosscheckError saying it is not on this branch."""
-    try:
-        return importlib.import_module("agemem_jax.baselines")
-    except ModuleNotFoundError as e:
-        raise CrosscheckError(
-            "the re-implementations (agemem_jax.baselines) are not in this checkout"
-        ) from e
-
-
 def run_reimplementation(name: str, ep: Endpoint, conversations, encoder) -> list[list[str]]:
     """Our re-implementation `name` on the same conversations, its LLM calls through the server."""
-    baselines = reimplementations()
     llm = ServerLLM(ep)
     systems = [baselines.make_system(name, baselines.BaselinesConfig(), encoder, "hotpotqa")
                for _ in conversations]  # fmt: skip
