@@ -144,7 +144,7 @@ class ServerLLM:
 def run_reimplementation(name: str, ep: Endpoint, conversations, encoder) -> list[list[str]]:
     """Our re-implementation `name` on the same conversations, its LLM calls through the server."""
     llm = ServerLLM(ep)
-    systems = [baselines.make_system(name, baselines.BaselinesConfig(), encoder, "hotpotqa")
+    systems = [baselines.make_system(name, baselines.BaselinesConfig(), encoder, "conversation")
                for _ in conversations]  # fmt: skip
     baselines.ingest_all(llm, systems, [[("user", m) for m in c] for c in conversations])
     return [list(s.memories()) for s in systems]
