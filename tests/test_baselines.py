@@ -29,8 +29,6 @@ from agemem_jax.baselines import (
 )
 from agemem_jax.baselines.mem0g import bm25_rank
 
-pytest.importorskip("kuzu")
-
 
 class CannedLLM:
     """Replies from per-purpose queues, in order; records every batch it was asked."""

@@ -5,7 +5,6 @@ run on 10 conversations is `slow`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,18 +13,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("openai")
-pytest.importorskip("fastapi")
-
 from agemem_jax import crosscheck as cc
 from agemem_jax.data.hotpotqa import SHARED_SAMPLE
 from agemem_jax.encoder import MiniLMEncoder
 
 needs_data = pytest.mark.skipif(not SHARED_SAMPLE.is_file(), reason=f"{SHARED_SAMPLE} is absent")
-needs_mem0 = pytest.mark.skipif(importlib.util.find_spec("mem0") is None, reason="mem0ai absent")
-needs_langmem = pytest.mark.skipif(
-    importlib.util.find_spec("langmem") is None, reason="langmem absent"
-)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,7 +59,6 @@ def test_stage1_conversations_are_hotpotqa_stage_one():
 
 
 @needs_data
-@needs_mem0
 def test_official_mem0_runs_against_the_server(served):
     server, ep = served
     before = dict(server.stats)
@@ -101,7 +92,6 @@ def test_official_mem0_runs_against_the_server(served):
 
 @pytest.mark.slow  # CI runs the mem0ai path; langmem's import and tool loop take minutes
 @needs_data
-@needs_langmem
 def test_official_langmem_runs_against_the_server(served):
     server, ep = served
     before = server.stats["tool_choice_required"] + server.stats["tool_choice_auto"]
@@ -117,8 +107,6 @@ def test_reimplementations_are_taken_by_name(served, encoder):
 
 @pytest.mark.slow
 @needs_data
-@needs_mem0
-@needs_langmem
 def test_crosscheck_on_the_embedded_model(tmp_path):
     """10 stage-1 conversations through SmolLM2 behind the server: both official packages
     complete and store entries (and, with the re-implementations present, agree with them)."""

@@ -12,17 +12,14 @@ import threading
 import time
 
 import httpx
+import openai
 import pytest
 
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
-pytest.importorskip("llguidance")
-
-from agemem_jax.encoder import MiniLMEncoder  # noqa: E402
-from agemem_jax.models import LoadConfig, load  # noqa: E402
-from agemem_jax.sampler import generate  # noqa: E402
-from agemem_jax.serving.api import BackgroundServer, build_server, create_app  # noqa: E402
-from agemem_jax.serving.engine import ServeConfig  # noqa: E402
+from agemem_jax.encoder import MiniLMEncoder
+from agemem_jax.models import LoadConfig, load
+from agemem_jax.sampler import generate
+from agemem_jax.serving.api import BackgroundServer, build_server, create_app
+from agemem_jax.serving.engine import ServeConfig
 
 KEY = "sk-test"
 MODEL = "tiny-test"
