@@ -35,16 +35,22 @@ def from_file(path: str | Path, arg: str | None = None) -> mlc.ConfigDict:
     """`get_config(arg)` of a config file, as `--config=<path>:<arg>` gives it, for code that
     builds a config outside absl flags (benchmarks, tests, one config file reusing another).
     A relative path is taken from the project root."""
+    return load_python(path, "config file").get_config(arg)
+
+
+def load_python(path: str | Path, kind: str):
+    """The module a Python definition file defines (`kind` names it in errors: "config file",
+    "sweep definition"); a relative path is taken from the project root."""
     path = Path(path)
     path = path if path.is_absolute() else ROOT / path
     if not path.is_file():
-        raise FileNotFoundError(f"no config file {path}")
-    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+        raise FileNotFoundError(f"no {kind} {path}")
+    spec = importlib.util.spec_from_file_location(f"{kind.split()[0]}_{path.stem}", path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"{path} is not a Python config file")
+        raise ValueError(f"{path} is not a Python {kind}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
 
 
 # Every config block and the dataclass that reads it. The block is generated from the dataclass,

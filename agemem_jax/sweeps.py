@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import importlib.util
 import itertools
 import json
 import re
@@ -313,15 +312,7 @@ def expand(sweep_def: Sweep, root: str | Path, python: str = sys.executable) -> 
 
 def load(path: str | Path, arg: str | None = None) -> Sweep:
     """`get_sweep(arg)` of a sweep definition file (relative paths from the project root)."""
-    path = Path(path)
-    path = path if path.is_absolute() else config_lib.ROOT / path
-    if not path.is_file():
-        raise FileNotFoundError(f"no sweep definition {path}")
-    spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"{path} is not a Python sweep definition")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_lib.load_python(path, "sweep definition")
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"{path} defines no get_sweep()")
     out = module.get_sweep(arg) if arg is not None else module.get_sweep()
