@@ -222,8 +222,9 @@ def test_a_disconnecting_client_frees_its_row(served):
     body = dict(model=MODEL, messages=ask("the band"), max_tokens=500, stream=True)
     with httpx.stream("POST", f"{url}/chat/completions", json=body,
                       headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:  # fmt: skip
-        lines = r.iter_lines()
-        next(line for line in lines if line.startswith("data:"))
+        # The first event only announces the role; a content event means the row is decoding.
+        events = (json.loads(ln[5:]) for ln in r.iter_lines() if ln.startswith("data:"))
+        next(e for e in events if e["choices"] and e["choices"][0]["delta"].get("content"))
         assert server.engine.busy_rows == 1
     deadline = time.monotonic() + 20
     while server.engine.busy_rows and time.monotonic() < deadline:
