@@ -59,8 +59,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     elif preset in PAPER_BACKBONES:
         # The paper's setting: HotpotQA train split, B=8 x K=8, bf16, spec sizes (T_max 8192,
         # 2048-token responses are the defaults). Point model.checkpoint at the HF folder.
+        # Blockwise attention: no [T, T] scores in the update, forward or backward, so a
+        # 10k-token step row fits (model.attention_impl=splash|cudnn: the fused kernels).
         c.model.update(checkpoint=PAPER_BACKBONES[preset], dtype="bfloat16", scan_layers=True,
-                       remat_policy="dots_no_batch")  # fmt: skip
+                       remat_policy="dots_no_batch", attention_impl="blockwise")  # fmt: skip
         c.mesh.shape = (1, -1, 1)
         c.data.update(source="hotpotqa", path="", split="train", limit=0)
         c.grpo.tasks_per_step = 8

@@ -83,3 +83,21 @@ def test_fused_kernel_off_its_backend_falls_back_to_dense(impl, caplog):
 def test_unknown_attention_impl_is_refused():
     with pytest.raises(ValueError, match="attention_impl"):
         model(attention_impl="flash")
+
+
+def test_blockwise_backward_keeps_no_score_matrix():
+    """The gradient of blockwise attention at T=2048 needs far less scratch memory than one
+    [H, T, T] f32 score matrix (what the dense backward keeps, and what differentiating the
+    tile scans would keep for every tile): its backward recomputes tiles from the saved
+    log-sum-exp."""
+    import jax
+
+    b, t, h, kvh, d = 1, 2048, 4, 2, 32
+    q = jax.ShapeDtypeStruct((b, t, h, d), jnp.float32)
+    kv = jax.ShapeDtypeStruct((b, t, kvh, d), jnp.float32)
+    seg = jax.ShapeDtypeStruct((b, t), jnp.int32)
+    valid = jax.ShapeDtypeStruct((b, t), jnp.bool_)
+    loss = lambda q, k, v, s, m: qwen.blockwise_attention(q, k, v, s, m, 128).sum()
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv, seg, valid).compile()
+    scores = h * t * t * 4
+    assert grad.memory_analysis().temp_size_in_bytes < scores / 8

@@ -17,6 +17,7 @@ Two entry points:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -491,24 +492,32 @@ def visible_tiles(segment_ids: Array, valid: Array, block: int) -> Array:
     return jax.vmap(lambda i: jax.vmap(lambda j: one(i, j))(idx))(idx)
 
 
-def blockwise_attention(
-    q: Array, k: Array, v: Array, segment_ids: Array, valid: Array, block: int
-) -> Array:
-    """Causal attention within segments, tile by tile, computing only tiles with a visible key.
+def _q_tiles(x: Array, n: int, block: int, kvh: int) -> Array:
+    """[B,T,H,D] -> [n,B,KV,G,bq,D]: query-side tiles grouped by the key head they read."""
+    b, t, h, hd = x.shape
+    return x.reshape(b, n, block, kvh, h // kvh, hd).transpose(1, 0, 3, 4, 2, 5)
 
-    q [B,T,H,D], k/v [B,T,KV,D] -> [B,T,H,D]. For each query tile a scan walks the key tiles
-    with an online softmax; a tile whose predicate (at or below the diagonal, and some query and
-    key of a row share a segment) is false is skipped by `lax.cond`, in the forward and in the
-    backward. In a packed row of many short step rows most tiles off the diagonal are skipped.
-    Queries that see no key at all (padding) get zeros, where the dense path averages.
-    """
+
+def _kv_tiles(x: Array, n: int, block: int) -> Array:
+    """[B,T,KV,D] -> [n,B,KV,bk,D]."""
+    b, t, kvh, hd = x.shape
+    return x.reshape(b, n, block, kvh, hd).transpose(1, 0, 3, 2, 4)
+
+
+def _untile_q(x: Array, shape) -> Array:
+    return x.transpose(1, 0, 4, 2, 3, 5).reshape(shape)
+
+
+def _untile_kv(x: Array, shape) -> Array:
+    return x.transpose(1, 0, 3, 2, 4).reshape(shape)
+
+
+def _blockwise_forward(q, k, v, segment_ids, valid, block):
+    """Output [B,T,H,D] and the per-query log-sum-exp [n,B,KV,G,bq] (0 where no key is seen)."""
     b, t, h, hd = q.shape
-    kvh = k.shape[2]
-    g, n = h // kvh, t // block
+    kvh, n = k.shape[2], t // block
     f32 = jnp.float32
-    qb = q.reshape(b, n, block, kvh, g, hd).transpose(1, 0, 3, 4, 2, 5)  # [n,B,KV,G,bq,D]
-    kb = k.reshape(b, n, block, kvh, hd).transpose(1, 0, 3, 4, 2)  # [n,B,KV,D,bk]
-    vb = v.reshape(b, n, block, kvh, hd).transpose(1, 0, 3, 2, 4)  # [n,B,KV,bk,D]
+    qb, kb, vb = _q_tiles(q, n, block, kvh), _kv_tiles(k, n, block), _kv_tiles(v, n, block)
     segb = segment_ids.reshape(b, n, block).swapaxes(0, 1)
     validb = valid.astype(bool).reshape(b, n, block).swapaxes(0, 1)
     scale, low = hd**-0.5, jnp.finfo(f32).min
@@ -522,7 +531,7 @@ def blockwise_attention(
 
             def compute(carry):
                 m, den, acc = carry
-                s = jnp.einsum("bkgqd,bkds->bkgqs", qi, kj, preferred_element_type=f32) * scale
+                s = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=f32) * scale
                 s = jnp.where(mask[:, None, None], s, low)
                 m_new = jnp.maximum(m, s.max(-1))
                 p = jnp.where(mask[:, None, None], jnp.exp(s - m_new[..., None]), 0.0)
@@ -539,11 +548,93 @@ def blockwise_attention(
             jnp.zeros(qi.shape[:-1], f32),
             jnp.zeros(qi.shape, f32),
         )
-        (_, den, acc), _ = jax.lax.scan(kv_tile, init, (jnp.arange(n), kb, vb, segb, validb))
-        return None, (acc / jnp.where(den > 0, den, 1.0)[..., None]).astype(q.dtype)
+        (m, den, acc), _ = jax.lax.scan(kv_tile, init, (jnp.arange(n), kb, vb, segb, validb))
+        seen = den > 0
+        out = (acc / jnp.where(seen, den, 1.0)[..., None]).astype(q.dtype)
+        return None, (out, jnp.where(seen, m + jnp.log(jnp.where(seen, den, 1.0)), 0.0))
 
-    _, out = jax.lax.scan(q_tile, None, (jnp.arange(n), qb, segb))  # [n,B,KV,G,bq,D]
-    return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, t, h, hd)
+    _, (out, lse) = jax.lax.scan(q_tile, None, (jnp.arange(n), qb, segb))
+    return _untile_q(out, q.shape), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def blockwise_attention(
+    q: Array, k: Array, v: Array, segment_ids: Array, valid: Array, block: int
+) -> Array:
+    """Causal attention within segments, tile by tile, computing only tiles with a visible key.
+
+    q [B,T,H,D], k/v [B,T,KV,D] -> [B,T,H,D]. For each query tile a scan walks the key tiles
+    with an online softmax; a tile whose predicate (at or below the diagonal, and some query and
+    key of a row share a segment) is false is skipped by `lax.cond`, in the forward and in the
+    backward. In a packed row of many short step rows most tiles off the diagonal are skipped.
+    Queries that see no key at all (padding) get zeros, where the dense path averages.
+
+    The backward is written out (flash-attention style): it keeps only the output and the
+    per-query log-sum-exp and recomputes each visible tile's probabilities, so training memory
+    is O(T) per head. Differentiating the scans instead would save every tile's probabilities,
+    O(T^2), more than the dense path.
+    """
+    return _blockwise_forward(q, k, v, segment_ids, valid, block)[0]
+
+
+def _blockwise_fwd(q, k, v, segment_ids, valid, block):
+    out, lse = _blockwise_forward(q, k, v, segment_ids, valid, block)
+    return out, (q, k, v, segment_ids, valid, out, lse)
+
+
+def _blockwise_bwd(block, res, d_out):
+    q, k, v, segment_ids, valid, out, lse = res
+    b, t, h, hd = q.shape
+    kvh, n = k.shape[2], t // block
+    f32 = jnp.float32
+    qb, kb, vb = _q_tiles(q, n, block, kvh), _kv_tiles(k, n, block), _kv_tiles(v, n, block)
+    dob = _q_tiles(d_out, n, block, kvh)
+    # delta_q = sum_d dO * O: the softmax-backward term shared by every key tile of a query.
+    delta = jnp.sum(
+        dob.astype(f32) * _q_tiles(out, n, block, kvh).astype(f32), axis=-1
+    )  # [n,B,KV,G,bq]
+    segb = segment_ids.reshape(b, n, block).swapaxes(0, 1)
+    validb = valid.astype(bool).reshape(b, n, block).swapaxes(0, 1)
+    scale = hd**-0.5
+
+    def q_tile(carry, xs):
+        i, qi, doi, lsei, di, sq = xs
+
+        def kv_tile(c, ys):
+            j, kj, vj, sk, vk = ys
+            mask, visible = _tile(i, j, sq, sk, vk, block)
+
+            def compute(c):
+                dqi, dk, dv = c
+                s = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=f32) * scale
+                p = jnp.where(mask[:, None, None], jnp.exp(s - lsei[..., None]), 0.0)
+                dv_j = jnp.einsum("bkgqs,bkgqd->bksd", p, doi.astype(f32))
+                dp = jnp.einsum("bkgqd,bksd->bkgqs", doi, vj, preferred_element_type=f32)
+                ds = p * (dp - di[..., None]) * scale
+                dqi = dqi + jnp.einsum("bkgqs,bksd->bkgqd", ds, kj.astype(f32))
+                dk_j = jnp.einsum("bkgqs,bkgqd->bksd", ds, qi.astype(f32))
+                return dqi, dk.at[j].add(dk_j), dv.at[j].add(dv_j)
+
+            return jax.lax.cond(visible, compute, lambda c: c, c), None
+
+        init = (jnp.zeros(qi.shape, f32), *carry)
+        (dqi, dk, dv), _ = jax.lax.scan(kv_tile, init, (jnp.arange(n), kb, vb, segb, validb))
+        return (dk, dv), dqi
+
+    zeros = jnp.zeros(kb.shape, f32)
+    (dk, dv), dq = jax.lax.scan(
+        q_tile, (zeros, zeros), (jnp.arange(n), qb, dob, lse, delta, segb)
+    )
+    return (
+        _untile_q(dq, q.shape).astype(q.dtype),
+        _untile_kv(dk, k.shape).astype(k.dtype),
+        _untile_kv(dv, v.shape).astype(v.dtype),
+        None,
+        None,
+    )
+
+
+blockwise_attention.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
 def _cudnn_attention(q: Array, k: Array, v: Array, segment_ids: Array, valid: Array) -> Array:
