@@ -494,13 +494,13 @@ def visible_tiles(segment_ids: Array, valid: Array, block: int) -> Array:
 
 def _q_tiles(x: Array, n: int, block: int, kvh: int) -> Array:
     """[B,T,H,D] -> [n,B,KV,G,bq,D]: query-side tiles grouped by the key head they read."""
-    b, t, h, hd = x.shape
+    b, _t, h, hd = x.shape
     return x.reshape(b, n, block, kvh, h // kvh, hd).transpose(1, 0, 3, 4, 2, 5)
 
 
 def _kv_tiles(x: Array, n: int, block: int) -> Array:
     """[B,T,KV,D] -> [n,B,KV,bk,D]."""
-    b, t, kvh, hd = x.shape
+    b, _t, kvh, hd = x.shape
     return x.reshape(b, n, block, kvh, hd).transpose(1, 0, 3, 2, 4)
 
 
@@ -514,7 +514,7 @@ def _untile_kv(x: Array, shape) -> Array:
 
 def _blockwise_forward(q, k, v, segment_ids, valid, block):
     """Output [B,T,H,D] and the per-query log-sum-exp [n,B,KV,G,bq] (0 where no key is seen)."""
-    b, t, h, hd = q.shape
+    b, t, _h, hd = q.shape
     kvh, n = k.shape[2], t // block
     f32 = jnp.float32
     qb, kb, vb = _q_tiles(q, n, block, kvh), _kv_tiles(k, n, block), _kv_tiles(v, n, block)
@@ -584,7 +584,7 @@ def _blockwise_fwd(q, k, v, segment_ids, valid, block):
 
 def _blockwise_bwd(block, res, d_out):
     q, k, v, segment_ids, valid, out, lse = res
-    b, t, h, hd = q.shape
+    b, t, _h, hd = q.shape
     kvh, n = k.shape[2], t // block
     f32 = jnp.float32
     qb, kb, vb = _q_tiles(q, n, block, kvh), _kv_tiles(k, n, block), _kv_tiles(v, n, block)
@@ -622,9 +622,7 @@ def _blockwise_bwd(block, res, d_out):
         return (dk, dv), dqi
 
     zeros = jnp.zeros(kb.shape, f32)
-    (dk, dv), dq = jax.lax.scan(
-        q_tile, (zeros, zeros), (jnp.arange(n), qb, dob, lse, delta, segb)
-    )
+    (dk, dv), dq = jax.lax.scan(q_tile, (zeros, zeros), (jnp.arange(n), qb, dob, lse, delta, segb))
     return (
         _untile_q(dq, q.shape).astype(q.dtype),
         _untile_kv(dk, k.shape).astype(k.dtype),
