@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import jax
 
-from agemem_jax import baselines, methods, summarizers
+from agemem_jax import baselines, distributed, methods, summarizers
 from agemem_jax import sharding as shd
 from agemem_jax.chat import ChatFormat
 from agemem_jax.data import DataConfig, Task, load_records, make_tasks
@@ -155,7 +155,11 @@ def model_stack(config) -> ModelStack:
     from agemem_jax import models
 
     sampling = build(SamplingConfig, config.sampling)
-    m = mesh(config.mesh)
+    # Several processes evaluate their own tasks, each on its own devices.
+    if jax.process_count() > 1:
+        m = distributed.local_mesh(build(MeshConfig, config.mesh).shape)
+    else:
+        m = mesh(config.mesh)
     m = m if m.size > 1 else None
     model, tokenizer = models.load(
         config.model, mesh=m, rules=config.mesh.sample_rules, seed=config.seed

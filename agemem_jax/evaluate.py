@@ -1,5 +1,9 @@
 """Evaluation: run a policy on episodes, score them, write `metrics.json` and trajectories.
 
+On several processes each host runs a contiguous share of the tasks on its own devices; the
+scored episodes are gathered in process order and the first process writes the files, so the
+files are those one process would write (greedy evaluation gives the same episodes).
+
 Writes, under `workdir/eval/`:
   metrics.json        J, MQ, TN, TC (+ per tool), reward and every component, rates;
   trajectories.jsonl  one readable episode per line (steps, calls, memory, reward);
@@ -8,17 +12,23 @@ Writes, under `workdir/eval/`:
 
 from __future__ import annotations
 
+import base64
+import collections
+import copy
 import dataclasses
 import json
 import os
+import pickle
 import time
+import types
 from pathlib import Path
 from typing import Any
 
+import jax
 from absl import logging
 from tqdm import tqdm
 
-from agemem_jax import builders, methods
+from agemem_jax import builders, distributed, methods
 from agemem_jax.chat import ChatFormat
 from agemem_jax.episodes import Trajectory, summarize
 from agemem_jax.metrics_log import write_config
@@ -58,7 +68,52 @@ def evaluate(config, workdir: str | os.PathLike, progress: bool = True) -> dict[
     return evaluate_hotpotqa(config, workdir, progress)
 
 
+def _host_tasks(items: list) -> list:
+    """This process's contiguous share of the evaluation tasks (shares differ by at most one)."""
+    hosts, i = jax.process_count(), jax.process_index()
+    n = len(items)
+    return items[n * i // hosts : n * (i + 1) // hosts]
+
+
+class _EndState:
+    """A finished episode's memory as summaries and reports read it: its entries and tool
+    metrics. The live environment (an encoder, an index, callbacks) stays on its host."""
+
+    def __init__(self, env):
+        self._entries = [types.SimpleNamespace(content=e.content) for e in env.ltm.entries()]
+        self._metrics = env.metrics()
+        self.ltm = self
+
+    def entries(self) -> list:
+        return self._entries
+
+    def metrics(self) -> dict:
+        return self._metrics
+
+
+def _detached(t):
+    """A copy of a finished trajectory that pickles: live objects become their end state."""
+    t = copy.copy(t)
+    if hasattr(t, "memory"):  # an interactive-benchmark episode
+        t.env, t.memory = None, _EndState(t.memory)
+        if t.system is not None:
+            t.system = types.SimpleNamespace(stats=t.system.stats)
+    else:
+        t.env = _EndState(t.env)
+    return t
+
+
+def _gather(trajectories: list) -> list:
+    """Every host's scored episodes, in process order."""
+    if jax.process_count() == 1:
+        return trajectories
+    blob = base64.b64encode(pickle.dumps([_detached(t) for t in trajectories])).decode()
+    return [t for b in distributed.allgather_json(blob) for t in pickle.loads(base64.b64decode(b))]
+
+
 def _write(out_dir: Path, trajectories, metrics: dict[str, Any], config) -> None:
+    if not distributed.is_main():
+        return
     write_config(out_dir, config)
     with open(out_dir / "trajectories.jsonl.tmp", "w") as f:
         for t in trajectories:
@@ -91,6 +146,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
     specs = envs.tasks(config.bench, config.env)
     if config.data.limit:
         specs = specs[: config.data.limit]
+    specs = _host_tasks(specs)
     trajectories = []
     batch = max(1, int(config.eval.batch_tasks))
     cap = getattr(envs.env_class(config.bench), "max_concurrent", None)
@@ -101,6 +157,7 @@ def evaluate_env(config, workdir: str | os.PathLike, progress: bool = True) -> d
         trajectories += runner.run(specs[i : i + batch], policy, seed=config.seed)
         bar.update(len(specs[i : i + batch]))
     bar.close()
+    trajectories = _gather(trajectories)
     metrics = env_summarize(trajectories) | {
         "policy": policy.name,
         "method": runner.method.name,
@@ -119,7 +176,7 @@ def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True)
     out_dir.mkdir(parents=True, exist_ok=True)  # after loading: a bad checkpoint writes nothing
     summarize_fn = builders.summarizer(config.summarizer, complete)
     runner = builders.runner(chat, config, summarize_fn, builders.baseline(config, stack))
-    tasks = builders.tasks(config.data, runner.cfg)
+    tasks = _host_tasks(builders.tasks(config.data, runner.cfg))
     reward_cfg = builders.reward_config(config.reward)
     trajectories: list[Trajectory] = []
     batch = max(1, int(config.eval.batch_tasks))
@@ -131,13 +188,17 @@ def evaluate_hotpotqa(config, workdir: str | os.PathLike, progress: bool = True)
         bar.update(len(tasks[i : i + batch]))
         bar.set_postfix(J=f"{summarize(trajectories)['judge_score']:.3f}")
     bar.close()
+    trajectories = _gather(trajectories)
     metrics = summarize(trajectories, judge.name)
     metrics |= {
         "policy": policy.name,
         "method": runner.method.name,
         "seconds": round(time.time() - t0, 2),
     }
-    metrics["judge_stats"] = dict(judge.stats)
+    stats = collections.Counter()
+    for host in distributed.allgather_json(dict(judge.stats)):
+        stats.update(host)
+    metrics["judge_stats"] = dict(stats)
     _write(out_dir, trajectories, metrics, config)
     logging.info("eval %s: %s", policy.name, json.dumps(metrics))
     return metrics

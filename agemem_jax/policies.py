@@ -314,6 +314,7 @@ class ModelPolicy:
             row_offset=row_offset,
             mesh=self.mesh,
             rules=self.rules,
+            unroll_layers=self.sampling.unroll_layers,
         )
         self._cached = [()] * n_rows
         self.stats = dict.fromkeys(self.stats, 0)  # per batch of episodes

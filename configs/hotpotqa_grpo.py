@@ -61,8 +61,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # 2048-token responses are the defaults). Point model.checkpoint at the HF folder.
         # Blockwise attention: no [T, T] scores in the update, forward or backward, so a
         # 10k-token step row fits (model.attention_impl=splash|cudnn: the fused kernels).
+        # Full remat keeps one [T, hidden] input per layer for the backward. The sampler runs
+        # a per-layer copy of the weights so its KV cache is updated in place.
         c.model.update(checkpoint=PAPER_BACKBONES[preset], dtype="bfloat16", scan_layers=True,
-                       remat_policy="dots_no_batch", attention_impl="blockwise")  # fmt: skip
+                       remat_policy="full", attention_impl="blockwise")  # fmt: skip
+        c.sampling.unroll_layers = True
         c.mesh.shape = (1, -1, 1)
         c.data.update(source="hotpotqa", path="", split="train", limit=0)
         c.grpo.tasks_per_step = 8

@@ -153,19 +153,23 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
     n_rows = g.tasks_per_step * g.group_size // topo.hosts
     b = -(-n_rows // shards) * shards
     slots = int(config.memory.t_max) + sampling.max_new_tokens
-    graphdef, sparams = nnx.split(model)
+    # The sampler's own layout: with `sampling.unroll_layers` one module (and cache buffer) per
+    # layer, else the training model's scanned one.
+    scfg = dataclasses.replace(mcfg, scan_layers=False) if sampling.unroll_layers else mcfg
+    smodel = model if scfg is mcfg else nnx.eval_shape(lambda: Decoder(scfg, rngs=nnx.Rngs(0)))
+    graphdef, sparams = nnx.split(smodel)
     sparams = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         sparams, shd.state_shardings(sparams, smesh, srules),
     )  # fmt: skip
-    cache = jax.eval_shape(lambda: KVCache.zeros(mcfg, b, slots))
+    cache = jax.eval_shape(lambda: KVCache.zeros(scfg, b, slots))
     cache_axes = smp._cache_axes(cache)
     place = lambda a, axes: jax.ShapeDtypeStruct(
         a.shape, a.dtype, sharding=shd.named_sharding(axes, smesh, srules, a.shape)
     )
     cache = jax.tree.map(lambda a: place(a, cache_axes), cache)
     vec = lambda dt: place(jax.ShapeDtypeStruct((b,), dt), ("batch",))
-    hidden = place(jax.ShapeDtypeStruct((b, mcfg.hidden_size), mcfg.dtype), ("batch", None))
+    hidden = place(jax.ShapeDtypeStruct((b, scfg.hidden_size), scfg.dtype), ("batch", None))
     chunk = smp.bucket(256)
     ids = place(jax.ShapeDtypeStruct((b, chunk), i32), ("batch", None))
     layout = (smesh, srules)

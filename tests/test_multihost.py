@@ -7,6 +7,7 @@ block of the one sharded update; `launch/local_multiprocess.sh` starts the proce
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -133,3 +134,29 @@ def test_two_hosts_resume_exactly(runs):
     one, _, resumed, _ = runs
     _assert_same_params(one, resumed, 2)
     _assert_same_metrics(one, resumed)
+
+
+def test_two_hosts_split_an_evaluation(tmp_path):
+    """Each host evaluates its share of the tasks; the first writes what one process writes."""
+    tok = tmp_path / "tok"
+    make_tiny_tokenizer(128).save_pretrained(tok)
+
+    def cmd(workdir: Path) -> list[str]:
+        return [
+            "experiments/eval.py", "--config=configs/eval/hotpotqa.py:synthetic_cpu",
+            f"--workdir={workdir}", "--config.policy=model", "--config.model.random=tiny",
+            f"--config.model.tokenizer={tok}", "--config.model.vocab_size=128",
+            "--config.encoder=hash", "--config.data.limit=4", "--config.eval.batch_tasks=4",
+            "--config.sampling.max_new_tokens=16", "--config.mesh.shape=(1,-1,1)",
+        ]  # fmt: skip
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    procs = [_start(4, [sys.executable, *cmd(one)]), _two_hosts(cmd(two))]
+    for p in procs:
+        _finish(p)
+    ma, mb = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (one, two))
+    ma.pop("seconds"), mb.pop("seconds")
+    assert ma == mb and ma["episodes"] == 4
+    ta, tb = ((d / "eval" / "trajectories.jsonl").read_text().splitlines() for d in (one, two))
+    assert len(ta) == 4
+    assert [json.loads(x)["steps"] for x in ta] == [json.loads(x)["steps"] for x in tb]

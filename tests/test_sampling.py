@@ -390,6 +390,13 @@ def test_scanned_model_samples_like_unrolled():
     )
     b = session.decode(10)
     assert [o.tokens for o in a] == [o.tokens for o in b]
+    # A scanned model sampled through its unrolled copy: same tokens, per-layer cache buffers.
+    unrolled = SamplerSession(scan, None, batch_size=2, eos_ids=(), min_slots=16,
+                              unroll_layers=True)  # fmt: skip
+    unrolled.start(prompts)
+    c = unrolled.decode(10)
+    assert [o.tokens for o in a] == [o.tokens for o in c]
+    assert isinstance(unrolled._cache.k, tuple) and len(unrolled._cache.k) == scan.cfg.num_layers
 
 
 MESH_SCRIPT = textwrap.dedent(
