@@ -56,7 +56,7 @@ import numpy as np
 from flax import nnx
 
 from agemem_jax import sharding as shd
-from agemem_jax.models.qwen.model import Decoder, KVCache
+from agemem_jax.models.qwen.model import Decoder, KVCache, ModelConfig
 from agemem_jax.stop_strings import StopMatcher, token_bytes
 
 Array = jax.Array
@@ -461,6 +461,11 @@ def default_eos_ids(tokenizer, model: Decoder) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def _sampling_cfg(cfg: ModelConfig) -> ModelConfig:
+    """The layout `unrolled` gives: a module per layer, and no remat (sampling has no backward)."""
+    return dataclasses.replace(cfg, scan_layers=False, remat_policy="none")
+
+
 def unrolled(model: Decoder) -> Decoder:
     """The same weights with one module per layer (`scan_layers=False`).
 
@@ -471,7 +476,7 @@ def unrolled(model: Decoder) -> Decoder:
     """
     if not model.cfg.scan_layers:
         return model
-    cfg = dataclasses.replace(model.cfg, scan_layers=False)
+    cfg = _sampling_cfg(model.cfg)
     graphdef, target = nnx.split(nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(0))))
     source = dict(nnx.to_flat_state(nnx.state(model)))
     flat = []
@@ -529,7 +534,7 @@ class SamplerSession:
         self.model = model
         self.tokenizer = tokenizer
         self.unroll_layers = unroll_layers
-        self.cfg = dataclasses.replace(model.cfg, scan_layers=False) if unroll_layers else model.cfg
+        self.cfg = _sampling_cfg(model.cfg) if unroll_layers else model.cfg
         self.max_len = int(max_len or self.cfg.max_position_embeddings)
         self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
         if self.stop:

@@ -155,7 +155,7 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
     slots = int(config.memory.t_max) + sampling.max_new_tokens
     # The sampler's own layout: with `sampling.unroll_layers` one module (and cache buffer) per
     # layer, else the training model's scanned one.
-    scfg = dataclasses.replace(mcfg, scan_layers=False) if sampling.unroll_layers else mcfg
+    scfg = smp._sampling_cfg(mcfg) if sampling.unroll_layers else mcfg
     smodel = model if scfg is mcfg else nnx.eval_shape(lambda: Decoder(scfg, rngs=nnx.Rngs(0)))
     graphdef, sparams = nnx.split(smodel)
     sparams = jax.tree.map(

@@ -160,3 +160,24 @@ def test_two_hosts_split_an_evaluation(tmp_path):
     ta, tb = ((d / "eval" / "trajectories.jsonl").read_text().splitlines() for d in (one, two))
     assert len(ta) == 4
     assert [json.loads(x)["steps"] for x in ta] == [json.loads(x)["steps"] for x in tb]
+
+
+def test_two_hosts_train_lora_as_one(tmp_path):
+    """The LoRA variant: only the adapters train, and two hosts reach one host's adapters."""
+    tok = tmp_path / "tok"
+    make_tiny_tokenizer(128).save_pretrained(tok)
+    lora = ["--config.model.lora_rank=4", "--config.model.lora_alpha=8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    procs = [
+        _start(4, [sys.executable, *_flags(tok, one), *lora]),
+        _two_hosts([*_flags(tok, two), *lora]),
+    ]
+    for p in procs:
+        _finish(p)
+    params = _params(two, 2)
+    assert params and all("lora" in k for k in params), list(params)[:5]
+    first = _params(two, 1)
+    assert max(float(np.max(np.abs(params[k] - first[k]))) for k in params) > 0  # it trained
+    for step in (1, 2):
+        _assert_same_params(one, two, step)
+    _assert_same_metrics(one, two)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -390,7 +391,9 @@ def test_scanned_model_samples_like_unrolled():
     )
     b = session.decode(10)
     assert [o.tokens for o in a] == [o.tokens for o in b]
-    # A scanned model sampled through its unrolled copy: same tokens, per-layer cache buffers.
+    # A scanned, rematerialized (training-layout) model sampled through its unrolled copy:
+    # same tokens, per-layer cache buffers.
+    scan.cfg = dataclasses.replace(scan.cfg, remat_policy="full")
     unrolled = SamplerSession(scan, None, batch_size=2, eos_ids=(), min_slots=16,
                               unroll_layers=True)  # fmt: skip
     unrolled.start(prompts)
