@@ -400,6 +400,10 @@ def test_scanned_model_samples_like_unrolled():
     c = unrolled.decode(10)
     assert [o.tokens for o in a] == [o.tokens for o in c]
     assert isinstance(unrolled._cache.k, tuple) and len(unrolled._cache.k) == scan.cfg.num_layers
+    # Remat applies to training forwards only: an unscanned remat model samples the same.
+    loop.cfg = dataclasses.replace(loop.cfg, remat_policy="full")
+    d = generate(loop, None, prompts, 10, eos_ids=(), min_slots=16)
+    assert [o.tokens for o in a] == [o.tokens for o in d]
 
 
 MESH_SCRIPT = textwrap.dedent(

@@ -768,7 +768,8 @@ class Decoder(nnx.Module):
         def body(block, x, layer_in):
             return fn(block, x, carry_extra, layer_in)
 
-        if policy is not None:
+        # Remat serves the backward of training forwards; a cached forward (sampling) has none.
+        if policy is not None and per_layer is None:
             body = nnx.remat(body, policy=getattr(jax.checkpoint_policies, policy))
 
         if cfg.scan_layers:
