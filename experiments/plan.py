@@ -8,10 +8,13 @@ train step (one micro-batch's gradient at the preset's remat policy and one row 
 `packing.max_row_len` per device), the optimizer apply, the reference forward and the
 sampler's prefill and decode at the rollout batch are lowered and compiled for a fake CPU
 mesh of the topology's size (a subprocess with `--xla_force_host_platform_device_count`).
-Per-device bytes come from `compiled.memory_analysis()`. Training and rollouts alternate, so
-the peak is the larger of: the update (params, reference, optimizer, gradient accumulator, the
-micro-batch program's temporaries) and rollouts (params, reference, optimizer state, the
-host's whole copy of the weights, KV cache, decode temporaries).
+Per-device bytes come from `compiled.memory_analysis()`; the programs are compiled in f32 (an
+upper bound on their bf16 temporaries, which XLA:CPU would inflate with f32 weight copies) and
+the resident arrays are sized in the preset's dtypes. A fused attention kernel (splash, cudnn)
+is planned as blockwise attention, which has the same O(T) memory. Training and rollouts
+alternate, so the peak is the larger of: the update (params, reference, optimizer, gradient
+accumulator, the micro-batch program's temporaries) and rollouts (params, reference, optimizer
+state, the host's whole copy of the weights, KV cache, decode temporaries).
 """
 
 from __future__ import annotations
@@ -98,14 +101,23 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
     )  # fmt: skip
     if config.model.vocab_size:
         mcfg = dataclasses.replace(mcfg, vocab_size=int(config.model.vocab_size))
-    model = nnx.eval_shape(lambda: Decoder(mcfg, rngs=nnx.Rngs(0)))
+    # XLA:CPU has no bf16 matmuls: it converts every bf16 weight to f32 around them, temporaries
+    # an accelerator never makes (about 2x the weights). So the programs are compiled in f32,
+    # whose temporaries bound the bf16 ones from above (every buffer is as large or twice as
+    # large), while the resident arrays (weights, optimizer state, KV cache) are sized in the
+    # preset's own dtypes.
+    tcfg = mcfg
+    if (mcfg.dtype, mcfg.param_dtype) != ("float32", "float32"):
+        tcfg = dataclasses.replace(mcfg, dtype="float32", param_dtype="float32")
     g = build(GRPOConfig, config.grpo)
     mesh_cfg = build(shd.MeshConfig, config.mesh)
-    trainer = Trainer(
+    make_trainer = lambda model: Trainer(
         model, loss=g.loss, optim=build(OptimConfig, config.optim),
         packing=build(PackingConfig, config.packing), update=build(UpdateConfig, config.trainer),
         mesh=shd.make_mesh(mesh_cfg.shape), rules=mesh_cfg.train_rules, abstract=True,
     )  # fmt: skip
+    model = nnx.eval_shape(lambda: Decoder(tcfg, rngs=nnx.Rngs(0)))
+    trainer = make_trainer(model)
     pk = trainer.packing_cfg
     rows = max(
         pk.row_multiple, pk.tokens_per_micro // pk.max_row_len // pk.row_multiple * pk.row_multiple
@@ -136,11 +148,19 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
         .compile()
     )
     ident = lambda tree: jax.jit(lambda t: jax.tree.map(lambda x: x + 0, t)).lower(tree).compile()
-    params_b = _mem(ident(trainer.params))["args"]
-    opt_b = _mem(ident(trainer.opt_state))["args"]
-    grads_b = _mem(zero)["out"]
+    nbytes = lambda tree: _mem(ident(tree))["args"]
+    grads_b = _mem(zero)["out"]  # the f32 accumulator, whatever the parameters' dtype
     m_micro, m_apply, m_ref = _mem(micro), _mem(apply), _mem(ref)
-    ref_b = params_b if trainer.ref_params is not None else 0
+    # The programs' own parameter bytes (f32), taken out of their arguments below, and the
+    # preset's (its dtypes), which are what stays resident.
+    params_t, opt_t = nbytes(trainer.params), nbytes(trainer.opt_state)
+    ref_t = params_t if trainer.ref_params is not None else 0
+    real = trainer if tcfg is mcfg else make_trainer(
+        nnx.eval_shape(lambda: Decoder(mcfg, rngs=nnx.Rngs(0)))
+    )
+    params_b = params_t if real is trainer else nbytes(real.params)
+    opt_b = opt_t if real is trainer else nbytes(real.opt_state)
+    ref_b = params_b if real.ref_params is not None else 0
 
     # Rollouts: this host's B*K/hosts rows on its own devices, weights whole (sample rules).
     sampling = build(SamplingConfig, config.sampling)
@@ -155,19 +175,24 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
     slots = int(config.memory.t_max) + sampling.max_new_tokens
     # The sampler's own layout: with `sampling.unroll_layers` one module (and cache buffer) per
     # layer, else the training model's scanned one.
-    scfg = smp._sampling_cfg(mcfg) if sampling.unroll_layers else mcfg
-    smodel = model if scfg is mcfg else nnx.eval_shape(lambda: Decoder(scfg, rngs=nnx.Rngs(0)))
-    graphdef, sparams = nnx.split(smodel)
-    sparams = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        sparams, shd.state_shardings(sparams, smesh, srules),
-    )  # fmt: skip
-    cache = jax.eval_shape(lambda: KVCache.zeros(scfg, b, slots))
-    cache_axes = smp._cache_axes(cache)
     place = lambda a, axes: jax.ShapeDtypeStruct(
         a.shape, a.dtype, sharding=shd.named_sharding(axes, smesh, srules, a.shape)
     )
-    cache = jax.tree.map(lambda a: place(a, cache_axes), cache)
+
+    def sampler_trees(cfg):
+        """(graphdef, weights, KV cache) of the sampler, abstract and placed, for `cfg`."""
+        scfg = smp._sampling_cfg(cfg) if sampling.unroll_layers else cfg
+        graphdef, sparams = nnx.split(nnx.eval_shape(lambda: Decoder(scfg, rngs=nnx.Rngs(0))))
+        sparams = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            sparams, shd.state_shardings(sparams, smesh, srules),
+        )  # fmt: skip
+        cache = jax.eval_shape(lambda: KVCache.zeros(scfg, b, slots))
+        axes = smp._cache_axes(cache)
+        return graphdef, sparams, jax.tree.map(lambda a: place(a, axes), cache)
+
+    graphdef, sparams, cache = sampler_trees(tcfg)
+    scfg = smp._sampling_cfg(tcfg) if sampling.unroll_layers else tcfg
     vec = lambda dt: place(jax.ShapeDtypeStruct((b,), dt), ("batch",))
     hidden = place(jax.ShapeDtypeStruct((b, scfg.hidden_size), scfg.dtype), ("batch", None))
     chunk = smp.bucket(256)
@@ -192,13 +217,14 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
         greedy=False, top_k=0, use_top_p=True, layout=layout,
     ).compile()  # fmt: skip
     m_pre, m_dec = _mem(prefill), _mem(decode)
-    weights_b = _mem(ident(sparams))["args"]
-    kv_b = _mem(ident(cache))["args"]
+    if tcfg is not mcfg:
+        _, sparams, cache = sampler_trees(mcfg)
+    weights_b, kv_b = nbytes(sparams), nbytes(cache)
 
     train_peak = params_b + ref_b + opt_b + max(
-        m_micro["args"] - params_b - ref_b + m_micro["temp"] + m_micro["out"] - m_micro["alias"],
-        m_apply["args"] - params_b - opt_b + m_apply["temp"] + m_apply["out"] - m_apply["alias"],
-        m_ref["args"] - ref_b + m_ref["temp"] + m_ref["out"],
+        m_micro["args"] - params_t - ref_t + m_micro["temp"] + m_micro["out"] - m_micro["alias"],
+        m_apply["args"] - params_t - opt_t + m_apply["temp"] + m_apply["out"] - m_apply["alias"],
+        m_ref["args"] - ref_t + m_ref["temp"] + m_ref["out"],
     )  # fmt: skip
     roll = params_b + ref_b + opt_b + weights_b + kv_b + max(m_pre["temp"], m_dec["temp"])
     return {
