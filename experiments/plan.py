@@ -155,8 +155,10 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
     # preset's (its dtypes), which are what stays resident.
     params_t, opt_t = nbytes(trainer.params), nbytes(trainer.opt_state)
     ref_t = params_t if trainer.ref_params is not None else 0
-    real = trainer if tcfg is mcfg else make_trainer(
-        nnx.eval_shape(lambda: Decoder(mcfg, rngs=nnx.Rngs(0)))
+    real = (
+        trainer
+        if tcfg is mcfg
+        else make_trainer(nnx.eval_shape(lambda: Decoder(mcfg, rngs=nnx.Rngs(0))))
     )
     params_b = params_t if real is trainer else nbytes(real.params)
     opt_b = opt_t if real is trainer else nbytes(real.opt_state)

@@ -525,8 +525,8 @@ def _blockwise_forward(q, k, v, segment_ids, valid, block):
     def q_tile(_, xs):
         i, qi, sq = xs
 
-        def kv_tile(carry, ys):
-            j, kj, vj, sk, vk = ys
+        def kv_tile(j, carry):
+            kj, vj, sk, vk = kb[j], vb[j], segb[j], validb[j]
             mask, visible = _tile(i, j, sq, sk, vk, block)
 
             def compute(carry):
@@ -541,14 +541,15 @@ def _blockwise_forward(q, k, v, segment_ids, valid, block):
                 )
                 return m_new, alpha * den + p.sum(-1), alpha[..., None] * acc + pv
 
-            return jax.lax.cond(visible, compute, lambda c: c, carry), None
+            return jax.lax.cond(visible, compute, lambda c: c, carry)
 
         init = (
             jnp.full(qi.shape[:-1], low, f32),
             jnp.zeros(qi.shape[:-1], f32),
             jnp.zeros(qi.shape, f32),
         )
-        (m, den, acc), _ = jax.lax.scan(kv_tile, init, (jnp.arange(n), kb, vb, segb, validb))
+        # Key tiles past the diagonal are never visible: the loop stops at i.
+        m, den, acc = jax.lax.fori_loop(0, i + 1, kv_tile, init)
         seen = den > 0
         out = (acc / jnp.where(seen, den, 1.0)[..., None]).astype(q.dtype)
         return None, (out, jnp.where(seen, m + jnp.log(jnp.where(seen, den, 1.0)), 0.0))
@@ -600,8 +601,8 @@ def _blockwise_bwd(block, res, d_out):
     def q_tile(carry, xs):
         i, qi, doi, lsei, di, sq = xs
 
-        def kv_tile(c, ys):
-            j, kj, vj, sk, vk = ys
+        def kv_tile(j, c):
+            kj, vj, sk, vk = kb[j], vb[j], segb[j], validb[j]
             mask, visible = _tile(i, j, sq, sk, vk, block)
 
             def compute(c):
@@ -615,10 +616,10 @@ def _blockwise_bwd(block, res, d_out):
                 dk_j = jnp.einsum("bkgqs,bkgqd->bksd", ds, qi.astype(f32))
                 return dqi, dk.at[j].add(dk_j), dv.at[j].add(dv_j)
 
-            return jax.lax.cond(visible, compute, lambda c: c, c), None
+            return jax.lax.cond(visible, compute, lambda c: c, c)
 
         init = (jnp.zeros(qi.shape, f32), *carry)
-        (dqi, dk, dv), _ = jax.lax.scan(kv_tile, init, (jnp.arange(n), kb, vb, segb, validb))
+        dqi, dk, dv = jax.lax.fori_loop(0, i + 1, kv_tile, init)
         return (dk, dv), dqi
 
     zeros = jnp.zeros(kb.shape, f32)
