@@ -564,10 +564,12 @@ def blockwise_attention(
 ) -> Array:
     """Causal attention within segments, tile by tile, computing only tiles with a visible key.
 
-    q [B,T,H,D], k/v [B,T,KV,D] -> [B,T,H,D]. For each query tile a scan walks the key tiles
-    with an online softmax; a tile whose predicate (at or below the diagonal, and some query and
-    key of a row share a segment) is false is skipped by `lax.cond`, in the forward and in the
-    backward. In a packed row of many short step rows most tiles off the diagonal are skipped.
+    q [B,T,H,D], k/v [B,T,KV,D] -> [B,T,H,D]. For each query tile a loop walks the key tiles
+    up to the diagonal with an online softmax; a tile where no query and key of a row share a
+    segment is skipped by `lax.cond`, in the forward and in the backward. In a packed row of
+    many short step rows most tiles off the diagonal are skipped. The key loops are while loops
+    (never differentiated, as the backward is written out): scans there, inside the decoder's
+    layer scan, made JAX keep every tile's values for the gradient, O(T^2) memory.
     Queries that see no key at all (padding) get zeros, where the dense path averages.
 
     The backward is written out (flash-attention style): it keeps only the output and the
