@@ -8,9 +8,11 @@ weights, batch over data and fsdp) without touching model code.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -156,3 +158,30 @@ def batch_sharding(mesh: Mesh, rules: Rules | str, ndim: int) -> NamedSharding:
     """Activations and token batches: leading axis over the `batch` rule, the rest replicated."""
     spec = logical_spec(("batch",) + (None,) * (ndim - 1), rules_from(rules))
     return NamedSharding(mesh, spec)
+
+
+# The layout activations take while a program is traced (`activation_layout`). Without it the
+# SPMD partitioner is free to shard activations like the FSDP-sharded weights they meet, or to
+# replicate them: one replicated [rows, T, hidden] per layer grows with the device count.
+_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
+    "activation_layout", default=None
+)
+
+
+@contextlib.contextmanager
+def activation_layout(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """While tracing inside this block, `constrain` pins activations to `mesh` under `rules`."""
+    token = _ACTIVATIONS.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """`x` with its logical `axes` pinned to the active activation layout (as is without one)."""
+    layout = _ACTIVATIONS.get()
+    if layout is None:
+        return x
+    mesh, rules = layout
+    return jax.lax.with_sharding_constraint(x, named_sharding(axes, mesh, rules, x.shape))

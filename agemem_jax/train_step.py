@@ -364,8 +364,11 @@ class Trainer:
         p_sh, f_sh, b_sh = self.param_shardings, self.frozen_shardings, self._batch_shardings
         lora = self.lora
 
+        mesh, rules = self.mesh, self.rules
+
         def logprobs(params, frozen, batch):
-            return packed_logprobs(nnx.merge(graphdef, params, frozen), batch, chunk)
+            with shd.activation_layout(mesh, rules):
+                return packed_logprobs(nnx.merge(graphdef, params, frozen), batch, chunk)
 
         def reference_logprobs(ref_params, params, frozen, batch):
             # Adapters off: the frozen base with zeroed adapters is the initial policy.

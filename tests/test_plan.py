@@ -33,8 +33,8 @@ def tok(tmp_path_factory):
     return d
 
 
-def _plan(tok: Path, topology: str) -> tuple[str, dict]:
-    flags = [f"--config.{k}={v}" for k, v in SMALL.items()]
+def _plan(tok: Path, topology: str, *extra: str) -> tuple[str, dict]:
+    flags = [f"--config.{k}={v}" for k, v in SMALL.items()] + list(extra)
     out = subprocess.run(
         [sys.executable, "experiments/plan.py", "--config=configs/hotpotqa_grpo.py:tiny_cpu",
          f"--config.model.tokenizer={tok}", f"--topology={topology}", *flags],
@@ -93,3 +93,13 @@ def test_plan_rejects_unknown_topology(tok):
         timeout=120,
     )  # fmt: skip
     assert out.returncode == 2 and "unknown topology" in out.stderr
+
+
+def test_activations_split_across_devices(tok):
+    """On 8 devices each holds one row of the micro-batch, on 1 device two: per-device
+    activations must be smaller on 8 (replicated activations would be four times larger)."""
+    fsdp = "--config.mesh.shape=(1,-1,1)"
+    _, one = _plan(tok, "1xH100", fsdp)
+    _, eight = _plan(tok, "8xH100", fsdp)
+    assert eight["micro_rows"] == 8 and one["micro_rows"] == 2
+    assert eight["activations"] < one["activations"]

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
+from agemem_jax import sharding as shd
+
 Array = jax.Array
 
 ARCHITECTURES = {
@@ -769,7 +771,9 @@ class Decoder(nnx.Module):
         policy = REMAT_POLICIES[cfg.remat_policy]
 
         def body(block, x, layer_in):
-            return fn(block, x, carry_extra, layer_in)
+            # Activations stay split by rows (a no-op unless the caller set a layout).
+            x, out = fn(block, shd.constrain(x, ("batch", None, None)), carry_extra, layer_in)
+            return shd.constrain(x, ("batch", None, None)), out
 
         # Remat serves the backward of training forwards; a cached forward (sampling) has none.
         if policy is not None and per_layer is None:
