@@ -235,7 +235,7 @@ def measure(config, shape: str, topo: Topology) -> dict[str, float]:
         "sampler_weights": weights_b, "kv_cache": kv_b, "prefill_temp": m_pre["temp"],
         "decode_temp": m_dec["temp"], "train_peak": train_peak, "rollout_peak": roll,
         "peak": max(train_peak, roll), "micro_rows": rows, "row_len": pk.max_row_len,
-        "rollout_rows_per_device": b // shards, "kv_slots": slots,
+        "rollout_rows_per_device": b // shards, "kv_slots": slots, "remat": load.remat_policy,
     }  # fmt: skip
 
 
@@ -250,7 +250,12 @@ def advice(m: dict[str, float], cap: float) -> str:
                         "rollout rows per device (more devices, smaller grpo.tasks_per_step)")  # fmt: skip
     if m["train_peak"] > cap:
         if m["activations"] > 0.3 * cap:
-            tips.append("model.remat_policy=full or a smaller packing.max_row_len")
+            tips.append(
+                "model.remat_policy=full"
+                if m.get("remat") != "full"
+                else "shorter step rows "
+                "(memory.t_max + sampling.max_new_tokens set packing.max_row_len)"
+            )
         if m["params"] + m["optimizer"] + m["grads"] + m["reference"] > 0.5 * cap:
             tips.append("more devices on fsdp, or adapters (LoRA) instead of full fine-tuning")
     return "; ".join(tips) or "more devices per replica"
