@@ -10,8 +10,15 @@ Presets:
                  for tests of the loop (resume, sharding, logging); it learns nothing useful.
   smollm2_cpu    the embedded SmolLM2-135M-Instruct on procedural multi-hop data, sized for the
                  2-core CPU demo (short episodes, K=2, two steps): `make demo`.
-  qwen3_4b_tpu   the paper's Qwen3-4B-Instruct setting on a TPU slice (B=8, K=8, bf16).
-  qwen25_7b_gpu  the paper's Qwen2.5-7B-Instruct setting on a GPU cluster.
+  qwen3_4b_tpu   the paper's Qwen3-4B-Instruct setting (B=8, K=8, bf16, full fine-tuning) on a
+                 TPU v5p-8 slice (4 chips x 95 GiB); it also fits v5p-16, 8 x H100 80 GB and
+                 8 x RTX 4090 48 GB.
+  qwen25_7b_gpu  the paper's Qwen2.5-7B-Instruct setting on one host of 8 GPUs with >= 48 GB
+                 each (the paper's 8 x RTX 4090 48 GB, or 8 x H100 80 GB).
+
+`experiments/plan.py` checks those claims from XLA's memory analysis of the compiled programs:
+
+    python experiments/plan.py --config=configs/hotpotqa_grpo.py:qwen3_4b_tpu --shape=qwen3_4b
 """
 
 import ml_collections as mlc
