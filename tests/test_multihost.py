@@ -136,6 +136,7 @@ def test_two_hosts_resume_exactly(runs):
     _assert_same_metrics(one, resumed)
 
 
+@pytest.mark.slow  # two more multi-process runs; the training equality above stays in CI
 def test_two_hosts_split_an_evaluation(tmp_path):
     """Each host evaluates its share of the tasks; the first writes what one process writes."""
     tok = tmp_path / "tok"
