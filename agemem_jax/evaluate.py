@@ -12,27 +12,30 @@ Writes, under `workdir/eval/`:
 
 from __future__ import annotations
 
-import base64
 import collections
 import copy
 import dataclasses
 import json
 import os
-import pickle
 import time
 import types
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from agemem_jax import builders, distributed, methods
+from agemem_jax.baselines import SystemStats
 from agemem_jax.chat import ChatFormat
-from agemem_jax.episodes import Trajectory, summarize
+from agemem_jax.data.hotpotqa import Task
+from agemem_jax.env_episodes import EnvTrajectory
+from agemem_jax.episodes import Ledger, Step, Trajectory, summarize
+from agemem_jax.memory_env import CallRecord
 from agemem_jax.metrics_log import write_config
-from agemem_jax.rewards import score
+from agemem_jax.rewards import Reward, score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +82,13 @@ class _EndState:
     """A finished episode's memory as summaries and reports read it: its entries and tool
     metrics. The live environment (an encoder, an index, callbacks) stays on its host."""
 
-    def __init__(self, env):
-        self._entries = [types.SimpleNamespace(content=e.content) for e in env.ltm.entries()]
-        self._metrics = env.metrics()
-        self.ltm = self
+    def __init__(self, entries: list[str], metrics: dict):
+        self._entries = [types.SimpleNamespace(content=c) for c in entries]
+        self._metrics = metrics
+
+    @property
+    def ltm(self) -> _EndState:
+        return self
 
     def entries(self) -> list:
         return self._entries
@@ -92,23 +98,80 @@ class _EndState:
 
 
 def _detached(t):
-    """A copy of a finished trajectory that pickles: live objects become their end state."""
+    """A copy of a finished trajectory holding data only: live objects become their end state."""
     t = copy.copy(t)
-    if hasattr(t, "memory"):  # an interactive-benchmark episode
-        t.env, t.memory = None, _EndState(t.memory)
+    if isinstance(t, EnvTrajectory):
+        end = _EndState([e.content for e in t.memory.ltm.entries()], t.memory.metrics())
+        t.env, t.memory, t.spec = None, end, {k: str(v) for k, v in t.spec.items()}
         if t.system is not None:
             t.system = types.SimpleNamespace(stats=t.system.stats)
     else:
-        t.env = _EndState(t.env)
+        t.env = _EndState([e.content for e in t.env.ltm.entries()], t.env.metrics())
     return t
+
+
+# The record types an episode is made of: what travels between hosts, as tagged JSON (the
+# hosts' own data; no pickle, whose loads can run code).
+_TYPES = {
+    c.__name__: c
+    for c in (
+        Trajectory,
+        EnvTrajectory,
+        Step,
+        Ledger,
+        CallRecord,
+        Task,
+        Reward,
+        SystemStats,
+        _EndState,
+        types.SimpleNamespace,
+    )
+}
+
+
+def _encode(x: Any) -> Any:
+    if isinstance(x, str | int | float | bool) or x is None:
+        return x
+    if isinstance(x, np.ndarray | np.generic):
+        return {"__np__": x.tolist(), "dtype": str(x.dtype)}
+    if isinstance(x, collections.Counter):
+        return {"__counter__": [[_encode(k), v] for k, v in x.items()]}
+    if isinstance(x, dict):
+        return {"__dict__": [[_encode(k), _encode(v)] for k, v in x.items()]}
+    if isinstance(x, tuple | list):
+        return {"__tuple__" if isinstance(x, tuple) else "__list__": [_encode(v) for v in x]}
+    name = type(x).__name__
+    if _TYPES.get(name) is not type(x):
+        raise TypeError(f"cannot send a {type(x).__qualname__} between hosts")
+    return {"__obj__": name, "fields": {k: _encode(v) for k, v in vars(x).items()}}
+
+
+def _decode(x: Any) -> Any:
+    if not isinstance(x, dict):
+        return x
+    if "__np__" in x:
+        return np.asarray(x["__np__"], dtype=x["dtype"])
+    if "__counter__" in x:
+        return collections.Counter({_decode(k): v for k, v in x["__counter__"]})
+    if "__dict__" in x:
+        return {_decode(k): _decode(v) for k, v in x["__dict__"]}
+    if "__tuple__" in x:
+        return tuple(_decode(v) for v in x["__tuple__"])
+    if "__list__" in x:
+        return [_decode(v) for v in x["__list__"]]
+    cls = _TYPES[x["__obj__"]]
+    obj = cls.__new__(cls)
+    for k, v in x["fields"].items():
+        object.__setattr__(obj, k, _decode(v))
+    return obj
 
 
 def _gather(trajectories: list) -> list:
     """Every host's scored episodes, in process order."""
     if jax.process_count() == 1:
         return trajectories
-    blob = base64.b64encode(pickle.dumps([_detached(t) for t in trajectories])).decode()
-    return [t for b in distributed.allgather_json(blob) for t in pickle.loads(base64.b64decode(b))]
+    mine = [_encode(_detached(t)) for t in trajectories]
+    return [_decode(t) for host in distributed.allgather_json(mine) for t in host]
 
 
 def _write(out_dir: Path, trajectories, metrics: dict[str, Any], config) -> None:

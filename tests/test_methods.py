@@ -327,3 +327,23 @@ def test_every_method_evaluates_fast_benches(method, bench, tmp_path):
 def test_every_method_evaluates_every_bench_with_minilm(method, bench, tmp_path):
     metrics = evaluate(_eval_config(method, bench, "minilm"), tmp_path, progress=False)
     _check(metrics, method, bench)
+
+
+@pytest.mark.parametrize("method, bench", [("agemem", "hotpotqa"), ("rag", "pddl")])
+def test_episodes_travel_between_hosts_as_data(method, bench, tmp_path, monkeypatch):
+    """What a multi-host evaluation gathers (episodes as tagged JSON, live memory replaced by its
+    end state) summarizes and writes exactly like the episodes themselves."""
+    import json
+
+    from agemem_jax import evaluate as ev
+
+    direct = evaluate(_eval_config(method, bench, "hash"), tmp_path / "a", progress=False)
+    travel = lambda ts: [
+        ev._decode(json.loads(json.dumps(ev._encode(ev._detached(t))))) for t in ts
+    ]
+    monkeypatch.setattr(ev, "_gather", travel)
+    sent = evaluate(_eval_config(method, bench, "hash"), tmp_path / "b", progress=False)
+    direct.pop("seconds"), sent.pop("seconds")
+    assert sent == direct
+    read = lambda d: (d / "eval" / "trajectories.jsonl").read_text()
+    assert read(tmp_path / "b") == read(tmp_path / "a")
