@@ -97,22 +97,22 @@ class _EndState:
         return self._metrics
 
 
-def _detached(t):
+def _detached(t: Any) -> Any:
     """A copy of a finished trajectory holding data only: live objects become their end state."""
-    t = copy.copy(t)
+    out: Any = copy.copy(t)
     if isinstance(t, EnvTrajectory):
-        end = _EndState([e.content for e in t.memory.ltm.entries()], t.memory.metrics())
-        t.env, t.memory, t.spec = None, end, {k: str(v) for k, v in t.spec.items()}
+        out.env, out.spec = None, {k: str(v) for k, v in t.spec.items()}
+        out.memory = _EndState([e.content for e in t.memory.ltm.entries()], t.memory.metrics())
         if t.system is not None:
-            t.system = types.SimpleNamespace(stats=t.system.stats)
+            out.system = types.SimpleNamespace(stats=t.system.stats)
     else:
-        t.env = _EndState([e.content for e in t.env.ltm.entries()], t.env.metrics())
-    return t
+        out.env = _EndState([e.content for e in t.env.ltm.entries()], t.env.metrics())
+    return out
 
 
 # The record types an episode is made of: what travels between hosts, as tagged JSON (the
 # hosts' own data; no pickle, whose loads can run code).
-_TYPES = {
+_TYPES: dict[str, type[Any]] = {
     c.__name__: c
     for c in (
         Trajectory,
@@ -160,7 +160,7 @@ def _decode(x: Any) -> Any:
     if "__list__" in x:
         return [_decode(v) for v in x["__list__"]]
     cls = _TYPES[x["__obj__"]]
-    obj = cls.__new__(cls)
+    obj = types.SimpleNamespace() if cls is types.SimpleNamespace else object.__new__(cls)
     for k, v in x["fields"].items():
         object.__setattr__(obj, k, _decode(v))
     return obj

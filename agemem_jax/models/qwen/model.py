@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -394,7 +394,10 @@ class Attention(nnx.Module):
             return self._attend(q, k, v, mask)
         b, t = q.shape[:2]
         if mask.impl == "blockwise":
-            out = blockwise_attention(q, k, v, mask.segment_ids, mask.valid, mask.block)
+            # custom_vjp hides the return type from type checkers.
+            out = cast(
+                Array, blockwise_attention(q, k, v, mask.segment_ids, mask.valid, mask.block)
+            )
         elif mask.impl == "cudnn":
             out = _cudnn_attention(q, k, v, mask.segment_ids, mask.valid)
         elif mask.impl == "splash":
