@@ -383,6 +383,53 @@ def table4(runs: Sequence[RunInfo], paper: dict[str, Any]) -> list[Table]:
     return tables
 
 
+COST_METRICS = {
+    "score": (None, "{:.2f}"),
+    "MQ": ("memory_quality", "{:.3f}"),
+    "TN": ("prompt_tokens", "{:.0f}"),
+    "LLM calls/ep": ("llm_calls_per_episode", "{:.1f}"),
+    "LLM tokens/ep": ("llm_tokens_per_episode", "{:.0f}"),
+    "JSON failures": ("json_parse_failures", "{:.0f}"),
+    "ingest p50 (s)": ("ingest_p50_s", "{:.2f}"),
+    "search p50 (s)": ("search_p50_s", "{:.3f}"),
+    "format errors": ("format_error_rate", "{:.2f}"),
+}
+
+
+def memory_costs(runs: Sequence[RunInfo]) -> list[Table]:
+    """What each memory system spends, per benchmark: the baselines' side of the comparison.
+
+    One row per (benchmark, method) of prompted and trained evaluations: the benchmark score (as
+    in Table 2), memory quality, prompt tokens, the memory system's own LLM calls and tokens per
+    episode, the JSON replies it could not use, and median ingest / search latency.
+    """
+    evals = [r for r in runs if r.eval]
+    tables = []
+    for backbone, group in sorted(_groups(evals, lambda r: r.backbone).items()):
+        rows = []
+        order = {b: i for i, b in enumerate(BENCHMARKS)}
+        keyed = _groups(group, lambda r: (r.bench, r.row))
+        for (bench, row), rr in sorted(
+            keyed.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])
+        ):
+            line = [Cell(text=BENCH_LABELS.get(bench, bench)), Cell(text=row_label(row))]
+            line.append(_mean_cell(rr, lambda r: (r.eval or {}).get("episodes"), "{:.0f}",
+                                   lambda r: r.eval_file))  # fmt: skip
+            for key, fmt in COST_METRICS.values():
+                get = bench_score if key is None else (lambda r, k=key: (r.eval or {}).get(k))
+                line.append(_mean_cell(rr, get, fmt, lambda r: r.eval_file))
+            rows.append(line)
+        tables.append(Table(f"memory_costs_{_slug(backbone)}",
+                            f"Memory systems: score and cost per episode ({backbone})",
+                            ["benchmark", "method", "episodes", *COST_METRICS], rows,
+                            "score as in Table 2 (percent); MQ on 0-1 (HotpotQA only); TN = mean "
+                            "prompt tokens per step; LLM calls/tokens = the memory system's own "
+                            "(extraction, update, evolution), not the agent's; JSON failures are "
+                            "replies the system could not use (counted, never dropped silently); "
+                            "— = the method has no such step."))  # fmt: skip
+    return tables
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_").lower()
 
@@ -589,7 +636,8 @@ def build_report(patterns: Sequence[str], out: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(patterns)
     paper = paper_results()
-    tables = [*table2(runs, paper), *table3(runs, paper), *table4(runs, paper)]
+    tables = [*table2(runs, paper), *table3(runs, paper), *table4(runs, paper),
+              *memory_costs(runs)]  # fmt: skip
     figs = figures(runs)
     for f in figs:
         if f.png is not None:

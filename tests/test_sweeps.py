@@ -178,6 +178,17 @@ def check_report(out: Path, n_runs: int, trained: bool) -> dict[str, list[dict[s
         for row in tables[title]:
             for col, (key, fmt) in results.ABLATION_METRICS.items():
                 check_cell(row[col], out, lambda m, k=key: m[k], fmt)
+    (costs,) = [t for t in tables if t.startswith("Memory systems")]
+    linked = 0
+    for row in tables[costs]:
+        linked += check_cell(row["score"], out, lambda m: 100 * m["judge_score"], "{:.2f}")
+        for col, (key, fmt) in results.COST_METRICS.items():
+            if key is None:
+                continue
+            # A metric the method has no step for (an AgeMem agent's ingest time) is "—".
+            if row[col] != results.MISSING:
+                check_cell(row[col], out, lambda m, k=key: m[k], fmt)
+    assert linked == n_runs
     figs = ["fig2_memory_quality", "fig3_prompt_tokens"] + (
         ["fig5_reward_curves"] if trained else []
     )
