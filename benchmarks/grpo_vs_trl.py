@@ -20,6 +20,9 @@ steady step. Keys:
                    π_old when TRL computes it), policy_fwd_s (log-probs with grad), and
                    backward_optimizer_s = the step minus those and minus the reward
   ours_compile_s   our first step minus the steady one (compilation)
+  ours_padding_waste  share of our packed positions that are padding (rows are bucketed to
+                   power-of-two lengths so shapes, and compiles, stay few; TRL pads to the
+                   longest row and compiles nothing)
   load             1-minute load average at the end: on a shared machine both sides slow down
 """
 
@@ -120,6 +123,7 @@ def ours(mode: str, texts: list[str], steps: int, attention: str) -> dict:
         "compile_s": times[0] - times[-1],
         "split": {k: round(v, 2) for k, v in split.items()},
         "shapes": packed.shapes,
+        "padding_waste": packed.padding_waste,
     }
 
 
@@ -239,6 +243,7 @@ def main():
                 "trl_split": b["split"],
                 "ours_compile_s": round(a["compile_s"], 1),
                 "ours_micro_batch_shapes": a["shapes"],
+                "ours_padding_waste": round(a["padding_waste"], 3),
                 "group": K,
                 "completion_tokens": NEW_TOKENS,
                 "kl_beta": BETA,

@@ -13,9 +13,15 @@ log-probs, micro-batch accumulation and AdamW. Keys:
   roof_gflops          a jitted f32 matmul measured in the same run; roof_fraction = the ratio
   padding_waste        fraction of computed positions that are padding
   compile_s            first update (compilation included) minus a steady one
+  forward_s            one reference forward (log-probs, no gradient) of the same packed batch
+  attention_impl       the model's attention path; with --attention dense,blockwise one line per
+                       path on the same rows, then a line `update_attention` with the
+                       dense / blockwise ratios of update_s and forward_s (blockwise skips the
+                       key tiles that are fully masked: above the diagonal and across segments)
   grpo_step            with --grpo-step PRESET: one real GRPO step of that preset of
                        configs/hotpotqa_grpo.py (episodes + reward + update): rollout and update
-                       seconds and their shares of the step
+                       seconds and their shares of the step, and decode_utilization (kept
+                       tokens over decode row-steps)
 """
 
 from __future__ import annotations
@@ -115,6 +121,9 @@ def grpo_step_share(preset: str) -> dict:
         "tokens_sampled": m["tokens_sampled"],
         "trained_tokens": m["trained_tokens"],
         "padding_waste": round(m["padding_waste"], 3),
+        # Kept tokens / decode row-steps: rows that end their turn early spin until the
+        # longest row of the batch ends.
+        "decode_utilization": round(m["decode_utilization"], 3),
     }
 
 
@@ -133,13 +142,38 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="timed updates after the first")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grpo-step", default="", help="also time one GRPO step of this preset")
+    ap.add_argument("--attention", default="dense", help="comma list of model.attention_impl")
     args = ap.parse_args()
 
     roof = matmul_roof()
+    step_share = grpo_step_share(args.grpo_step) if args.grpo_step else None
+    lines = [run(args, impl, roof, step_share) for impl in args.attention.split(",")]
+    by_impl = {line["attention_impl"]: line for line in lines}
+    if {"dense", "blockwise"} <= set(by_impl):
+        d, b = by_impl["dense"], by_impl["blockwise"]
+        print(
+            json.dumps(
+                {
+                    "bench": "update_attention",
+                    "update_speedup": round(d["update_s"] / b["update_s"], 3),
+                    "forward_speedup": round(d["forward_s"] / b["forward_s"], 3),
+                    "dense_update_s": d["update_s"],
+                    "blockwise_update_s": b["update_s"],
+                    "dense_forward_s": d["forward_s"],
+                    "blockwise_forward_s": b["forward_s"],
+                    "micro_batch_shapes": b["micro_batch_shapes"],
+                }
+            )
+        )
+
+
+def run(args, impl: str, roof: float, step_share: dict | None) -> dict:
+    """Time the update (and one forward) with attention path `impl`; print and return its line."""
     if args.model == "tiny":
-        model = Decoder(dataclasses.replace(TINY, scan_layers=args.scan_layers), rngs=nnx.Rngs(0))
+        tiny = dataclasses.replace(TINY, scan_layers=args.scan_layers, attention_impl=impl)
+        model = Decoder(tiny, rngs=nnx.Rngs(0))
     else:
-        model, _ = load_checkpoint(args.model, scan_layers=args.scan_layers)
+        model, _ = load_checkpoint(args.model, scan_layers=args.scan_layers, attention_impl=impl)
     cfg = model.cfg
     rows = synthetic_rows(cfg, args, np.random.default_rng(args.seed))
     trainer = Trainer(
@@ -161,36 +195,39 @@ def main():
     times = [timed_update() for _ in range(args.repeats)]
     sec = float(np.median(times))
     flops = useful_flops(cfg, rows, args.kl_beta > 0)
-    step_share = grpo_step_share(args.grpo_step) if args.grpo_step else None
-    print(
-        json.dumps(
-            {
-                "grpo_step": step_share,
-                "bench": "update",
-                "model": args.model,
-                "params_m": round(matmul_params(cfg) / 1e6, 1),
-                "rows": len(rows),
-                "trained_tokens": packed.real_tokens,
-                "action_tokens": packed.loss_tokens,
-                "packed_positions": packed.padded_tokens,
-                "padding_waste": round(packed.padding_waste, 4),
-                "micro_batches": len(packed.micro_batches),
-                "micro_batch_shapes": sorted(set(packed.shapes)),
-                "update_s": round(sec, 3),
-                "compile_s": round(first - sec, 2),
-                "trained_tok_s": round(packed.real_tokens / sec, 1),
-                "action_tok_s": round(packed.loss_tokens / sec, 1),
-                "achieved_gflops": round(flops / sec / 1e9, 2),
-                "roof_gflops": round(roof, 2),
-                "roof_fraction": round(flops / sec / 1e9 / roof, 3),
-                "kl_beta": args.kl_beta,
-                "devices": jax.device_count(),
-                "backend": jax.default_backend(),
-                "cpus": os.cpu_count(),
-                "machine": platform.machine(),
-            }
-        )
-    )
+    trainer.logprobs(packed, reference=True)  # compiled once before timing
+    t = time.perf_counter()
+    jax.block_until_ready(trainer.logprobs(packed, reference=True))
+    forward = time.perf_counter() - t
+    line = {
+        "grpo_step": step_share,
+        "attention_impl": impl,
+        "forward_s": round(forward, 3),
+        "bench": "update",
+        "model": args.model,
+        "params_m": round(matmul_params(cfg) / 1e6, 1),
+        "rows": len(rows),
+        "trained_tokens": packed.real_tokens,
+        "action_tokens": packed.loss_tokens,
+        "packed_positions": packed.padded_tokens,
+        "padding_waste": round(packed.padding_waste, 4),
+        "micro_batches": len(packed.micro_batches),
+        "micro_batch_shapes": sorted(set(packed.shapes)),
+        "update_s": round(sec, 3),
+        "compile_s": round(first - sec, 2),
+        "trained_tok_s": round(packed.real_tokens / sec, 1),
+        "action_tok_s": round(packed.loss_tokens / sec, 1),
+        "achieved_gflops": round(flops / sec / 1e9, 2),
+        "roof_gflops": round(roof, 2),
+        "roof_fraction": round(flops / sec / 1e9 / roof, 3),
+        "kl_beta": args.kl_beta,
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+    print(json.dumps(line), flush=True)
+    return line
 
 
 if __name__ == "__main__":
