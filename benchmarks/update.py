@@ -1,6 +1,8 @@
 """GRPO update benchmark; prints one JSON line.
 
     python benchmarks/update.py [--model smollm2-135m-instruct|tiny] [--rows 8] [--repeats 2]
+    python benchmarks/update.py --attention dense,blockwise --scan-layers --remat full \
+        --prompt-min 600 --prompt-max 1800 --action-max 192 --tokens-per-micro 4096 --rows 6
 
 Synthetic step rows (seeded; prompt and action lengths drawn from the ranges given) go through
 the real update: packing, the reference forward (β > 0), forward + backward with chunked
@@ -139,6 +141,7 @@ def main():
     ap.add_argument("--logprob-chunk", type=int, default=256)
     ap.add_argument("--kl-beta", type=float, default=0.1)
     ap.add_argument("--scan-layers", action="store_true")
+    ap.add_argument("--remat", default="none", help="model.remat_policy (the demo uses full)")
     ap.add_argument("--repeats", type=int, default=2, help="timed updates after the first")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grpo-step", default="", help="also time one GRPO step of this preset")
@@ -170,10 +173,14 @@ def main():
 def run(args, impl: str, roof: float, step_share: dict | None) -> dict:
     """Time the update (and one forward) with attention path `impl`; print and return its line."""
     if args.model == "tiny":
-        tiny = dataclasses.replace(TINY, scan_layers=args.scan_layers, attention_impl=impl)
+        tiny = dataclasses.replace(
+            TINY, scan_layers=args.scan_layers, attention_impl=impl, remat_policy=args.remat
+        )
         model = Decoder(tiny, rngs=nnx.Rngs(0))
     else:
-        model, _ = load_checkpoint(args.model, scan_layers=args.scan_layers, attention_impl=impl)
+        model, _ = load_checkpoint(
+            args.model, scan_layers=args.scan_layers, attention_impl=impl, remat_policy=args.remat
+        )
     cfg = model.cfg
     rows = synthetic_rows(cfg, args, np.random.default_rng(args.seed))
     trainer = Trainer(

@@ -105,6 +105,21 @@ def test_dry_run_and_cluster_scripts(tmp_path):
         sweeps.load("configs/sweeps/nope.py")
 
 
+def test_methods_on_the_interactive_benchmarks_expand_to_every_pair(tmp_path):
+    """Every method x the four environments, each an evaluation of that benchmark's preset with
+    the short shape; `expand` validates every override against its config."""
+    runs = sweeps.expand(sweeps.load("configs/sweeps/methods_envs.py", "short"), tmp_path)
+    benches = ("alfworld", "sciworld", "pddl", "babyai")
+    assert sorted(r.name for r in runs) == sorted(
+        f"bench-{b}.method-{m}" for b in benches for m in methods.METHODS)  # fmt: skip
+    for r in runs:
+        (stage,) = r.stages
+        bench = r.name.split(".")[0].removeprefix("bench-")
+        assert stage.kind == "eval"
+        assert f"--config=configs/eval/{bench}.py:smollm2_cpu" in stage.argv
+        assert {"--config.data.limit=2", "--config.episode.max_env_steps=2"} <= set(stage.argv)
+
+
 # --------------------------------------------------------------------------- run and report
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)]+)\)")
 
