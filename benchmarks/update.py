@@ -1,4 +1,4 @@
-"""GRPO update benchmark; prints one JSON line.
+"""GRPO update benchmark; prints one JSON line per attention path.
 
     python benchmarks/update.py [--model smollm2-135m-instruct|tiny] [--rows 8] [--repeats 2]
     python benchmarks/update.py --attention dense,blockwise --scan-layers --remat full \

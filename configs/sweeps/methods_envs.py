@@ -10,8 +10,9 @@ for the latest one is in the agent's prompt.
 Args:
   full   (default) 3 episodes of each benchmark at AgentBoard's 30-step limit.
   short  2 episodes of at most 2 environment steps each (each step: up to 2 memory turns, then
-         the action), about an hour for all 36 runs on a 2-core CPU. It checks that every
-         system runs end to end inside an environment episode, not how well it does.
+         the action). On a shared 2-core CPU at nice 19 a run takes 1.5-18 minutes (the LLM-heavy
+         baselines longest). It checks that every system runs end to end inside an environment
+         episode, not how well it does.
 """
 
 from agemem_jax import methods, sweeps
