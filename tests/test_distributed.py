@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
+    import os
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     from agemem_jax import distributed, sharding as shd
@@ -22,7 +23,9 @@ SCRIPT = textwrap.dedent(
     local = np.full((2,), jax.process_index() + 1, np.float32)  # this host's rows of a global array
     x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local, (4,))
     total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
-    print("SUM", jax.process_index(), float(total))
+    # One os.write per line: both hosts share the pipe, and an unbuffered print (PYTHONUNBUFFERED)
+    # writes each argument separately, so the two hosts' lines could interleave mid-line.
+    os.write(1, f"SUM {jax.process_index()} {float(total)}\\n".encode())
     """
 )
 
