@@ -1,0 +1,164 @@
+"""The learning run: SFT, one GRPO run per reward variant, and paired held-out evaluations.
+
+    python experiments/learn.py --config=configs/learn_cpu.py --workdir=runs/learn_cpu
+    python experiments/learn.py --config=configs/learn_cpu.py --workdir=runs/learn_cpu \\
+        --config.learn.variants=all_returns          # one variant only
+
+Stages, each skipped once `learn.json` records it done, so re-running the command resumes
+(a GRPO run from its last checkpoint):
+  sft                     cold-start SFT on the scripted expert (sft/export)
+  eval_sft_<suite>        greedy evaluation of the SFT policy
+  grpo_<variant>          GRPO from the SFT policy with the variant's reward
+  eval_<variant>_<suite>  greedy evaluation of the GRPO policy on the same tasks
+Every evaluation scores with the method's full reward, whatever reward the policy trained on,
+so the variants are compared on one scale. Ends by writing `report.md` in the workdir
+(`experiments/learning_report.py` writes it elsewhere, e.g. into docs/).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from agemem_jax import cli, distributed, grpo, learning
+from agemem_jax.data import SHARED_SAMPLE
+from agemem_jax.dataclass_config import build
+from agemem_jax.evaluate import evaluate
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/learn_cpu.py", "The learning run's config (training and `learn` block)."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes; re-run to resume.")
+
+
+def eval_config(config, checkpoint: str, suite: str, learn: learning.LearnConfig):
+    """Greedy evaluation of `checkpoint` on `suite`, with the training's episode shape."""
+    c = copy.deepcopy(config)
+    c.model.update(checkpoint=checkpoint, random="", lora_rank=0)  # exports are merged
+    c.policy = "model"
+    c.sampling.temperature = 0.0
+    if suite == "procedural":
+        if learn.procedural_seed == config.data.seed:
+            raise ValueError(
+                f"learn.procedural_seed={learn.procedural_seed} is the training's data.seed: "
+                "the held-out tasks would be training tasks"
+            )
+        c.data.update(source="synthetic", seed=learn.procedural_seed,
+                      limit=learn.procedural_tasks)  # fmt: skip
+    else:
+        c.data.update(source="hotpotqa", path=learn.hotpotqa_path or str(SHARED_SAMPLE),
+                      limit=learn.hotpotqa_tasks)  # fmt: skip
+    return c
+
+
+def suites(learn: learning.LearnConfig) -> list[str]:
+    out = ["procedural"]
+    if learn.hotpotqa_tasks:
+        path = Path(learn.hotpotqa_path or SHARED_SAMPLE)
+        if path.is_file():
+            out.append("hotpotqa")
+        else:
+            logging.warning("no HotpotQA file at %s: the HotpotQA suite is skipped", path)
+    return out
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+class Ledger:
+    """`learn.json`: which stages finished, in how long, under which commands and commits."""
+
+    def __init__(self, workdir: Path, learn: learning.LearnConfig, model: str):
+        self.path = workdir / "learn.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data.setdefault("seconds", {})
+        self.data["learn"] = dataclasses.asdict(learn)  # what the report's bootstrap uses
+        self.data["model"] = model
+        cmd = " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+        for key, value in (("commands", cmd), ("commits", _commit())):
+            seen = self.data.setdefault(key, [])
+            if value not in seen:
+                seen.append(value)
+        self.data["commit"] = self.data["commits"][-1]
+        self._save()
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["seconds"]
+
+    def finish(self, stage: str, seconds: float) -> None:
+        self.data["seconds"][stage] = round(seconds, 1)
+        self._save()
+
+    def _save(self) -> None:
+        if not distributed.is_main():
+            return
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def run_stage(ledger: Ledger, stage: str, fn) -> None:
+    if ledger.done(stage):
+        logging.info("%s: done before, skipped", stage)
+        return
+    logging.info("%s: starting", stage)
+    t = time.time()
+    fn()
+    ledger.finish(stage, time.time() - t)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if cli.printed_config(config):
+        return
+    learn = build(learning.LearnConfig, config.learn)
+    wd = cli.workdir(cli.required(_WORKDIR))
+    distributed.initialize(config.get("multihost"))
+    ledger = Ledger(wd, learn, config.model.random or config.model.checkpoint)
+    todo = suites(learn)
+
+    run_stage(ledger, "sft", lambda: grpo.sft(config, wd / "sft"))
+    policies = {"sft": str(wd / "sft" / "export")}
+    for suite in todo:
+        c = eval_config(config, policies["sft"], suite, learn)
+        run_stage(ledger, f"eval_sft_{suite}", lambda c=c, s=suite: evaluate(
+            c, learning.eval_dir(wd, "sft", s)))  # fmt: skip
+    for variant in learn.variant_names:
+        rl = copy.deepcopy(config)
+        rl.model.checkpoint = policies["sft"]
+        rl.reward.update(learning.VARIANTS[variant])
+        rl.train.export = True
+        run_stage(ledger, f"grpo_{variant}", lambda rl=rl, v=variant: grpo.train(
+            rl, wd / f"grpo_{v}"))  # fmt: skip
+        policies[variant] = str(wd / f"grpo_{variant}" / "export")
+        for suite in todo:
+            c = eval_config(config, policies[variant], suite, learn)
+            run_stage(ledger, f"eval_{variant}_{suite}", lambda c=c, v=variant, s=suite: evaluate(
+                c, learning.eval_dir(wd, v, s)))  # fmt: skip
+    if distributed.is_main():
+        summary = learning.build_report(wd, wd / "report.md")
+        print(json.dumps(summary["headline"], indent=1))
+        print(f"report: {summary['report']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
