@@ -43,6 +43,7 @@ class Endpoint:
     embedding_dims: int = 384
     api_key: str = "none"
     max_tokens: int = 512  # per LLM call of every pipeline
+    parallel: int = 8  # conversations (and requests) in flight at once: the server's rows
 
 
 def stage1_conversations(n: int, t1: int = 4, seed: int = 0, path=None) -> list[list[str]]:
@@ -54,6 +55,14 @@ def stage1_conversations(n: int, t1: int = 4, seed: int = 0, path=None) -> list[
 
 
 # ---------------------------------------------------------------------------- official packages
+def _per_conversation(fn, conversations: Sequence[Sequence[str]], parallel: int) -> list:
+    """`fn(i, conversation)` for every conversation, `parallel` at a time: each is an
+    independent client, so the server batches their requests into one decode like any other
+    concurrent clients (one at a time, a 135M model spends most of a step on one row)."""
+    with cf.ThreadPoolExecutor(max(1, parallel)) as pool:
+        return list(pool.map(fn, range(len(conversations)), conversations))
+
+
 def run_mem0(ep: Endpoint, conversations: Sequence[Sequence[str]]) -> list[list[str]]:
     """mem0ai's `Memory.add` (fact extraction, then ADD/UPDATE/DELETE decisions) per
     conversation, on an in-process FAISS store; returns each conversation's stored memories."""
@@ -63,8 +72,8 @@ def run_mem0(ep: Endpoint, conversations: Sequence[Sequence[str]]) -> list[list[
         from mem0 import Memory
     except ImportError as e:
         raise CrosscheckError(f"mem0ai is not installed (pip install '.[baselines]'): {e}") from e
-    out = []
-    for i, conv in enumerate(conversations):
+
+    def one(i: int, conv: Sequence[str]) -> list[str]:
         with tempfile.TemporaryDirectory(prefix="mem0-") as tmp:
             memory = Memory.from_config({
                 "llm": {"provider": "openai", "config": {
@@ -81,8 +90,9 @@ def run_mem0(ep: Endpoint, conversations: Sequence[Sequence[str]]) -> list[list[
             memory.add([{"role": "user", "content": m} for m in conv], user_id=f"c{i}")
             found = memory.get_all(user_id=f"c{i}")
             rows = found.get("results", []) if isinstance(found, dict) else found
-            out.append([str(r["memory"]) for r in rows])
-    return out
+            return [str(r["memory"]) for r in rows]
+
+    return _per_conversation(one, conversations, ep.parallel)
 
 
 def run_langmem(ep: Endpoint, conversations: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -96,12 +106,12 @@ def run_langmem(ep: Endpoint, conversations: Sequence[Sequence[str]]) -> list[li
     llm = ChatOpenAI(model=ep.model, base_url=ep.url, api_key=ep.api_key,  # type: ignore[arg-type]
                      temperature=0.0, max_completion_tokens=ep.max_tokens, max_retries=0)  # fmt: skip
     manager = create_memory_manager(llm)
-    out = []
-    for conv in conversations:
+
+    def one(_: int, conv: Sequence[str]) -> list[str]:
         state: Any = {"messages": [{"role": "user", "content": m} for m in conv]}
-        found = manager.invoke(state)
-        out.append([_langmem_text(m) for m in found])
-    return out
+        return [_langmem_text(m) for m in manager.invoke(state)]
+
+    return _per_conversation(one, conversations, ep.parallel)
 
 
 def _langmem_text(item: Any) -> str:
@@ -117,13 +127,13 @@ class ServerLLM:
     """The re-implementations' `LLM` interface, answered by the server (requests in parallel,
     so the server batches them like any other clients)."""
 
-    def __init__(self, ep: Endpoint, parallel: int = 8):
+    def __init__(self, ep: Endpoint):
         import openai
 
         self.ep = ep
         self.client = openai.OpenAI(base_url=ep.url, api_key=ep.api_key, max_retries=0,
                                     timeout=600)  # fmt: skip
-        self.parallel = parallel
+        self.parallel = ep.parallel
 
     def complete(self, requests: Sequence[Any]) -> list[Any]:
         def one(req):

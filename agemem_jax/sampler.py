@@ -27,9 +27,10 @@ samples, checks stops and extends by one token per step, with the cache donated 
 it in place) and grow (copies the cache into more slots). Decoding never reserves room for
 `max_new_tokens` up front: it returns when a running row fills the cache, the session grows the
 cache and resumes the same turn. Attention reads every slot, so the cache stays as small as the
-rows' actual contexts allow (an RL turn may allow 2048 tokens and stop after 100). Chunk lengths,
-cache slots and output buffers are bucketed to powers of two, so a long multi-turn run compiles
-a handful of programs; `compile_count()` reports how many. The programs are module-level
+rows' actual contexts allow (an RL turn may allow 2048 tokens and stop after 100). Chunk lengths
+and output buffers are bucketed to powers of two, cache slots to powers of two and then to
+multiples of `slot_step`, so a long multi-turn run compiles a handful of programs;
+`compile_count()` reports how many. The programs are module-level
 functions jitted on static arguments (the model's graph definition, the sampling mode), so new
 sessions over the same model reuse them.
 
@@ -81,6 +82,17 @@ def bucket(n: int, minimum: int = 1) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def slot_bucket(n: int, minimum: int, step: int) -> int:
+    """Cache slots for `n` tokens: a power of two up to `step`, then the next multiple of `step`.
+
+    Decode reads every slot, so past a few hundred slots it is bound by the cache's memory
+    traffic: doubling leaves up to half the cache empty (a 1,100-token row in 2,048 slots),
+    while steps of `step` waste less than `step` slots for one compile per step.
+    """
+    b = bucket(n, minimum)
+    return b if b <= step else -(-max(int(n), 1) // step) * step
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
     """How a token is drawn from the model's logits. temperature 0 = greedy."""
@@ -121,6 +133,9 @@ class SamplingConfig:
     # Sample with one module per layer even when the model scans its layers (see `unrolled`):
     # the KV cache is then updated in place. Costs a longer compile; accelerator presets set it.
     unroll_layers: bool = False
+    # KV-cache growth: powers of two up to this many slots, then multiples of it (decode reads
+    # every slot, so a finer step reads fewer empty ones and compiles one program per step).
+    cache_slot_step: int = 256
 
     def __post_init__(self):
         _ = self.params  # SamplingParams' checks of temperature, top_k and top_p
@@ -508,6 +523,8 @@ class SamplerSession:
         split over hosts passes i, so each row draws what it would in one unsplit batch.
       mesh, rules: with a mesh, rows are sharded over the `batch` rule and weights by `rules`.
       min_slots: smallest cache bucket.
+      slot_step: the cache grows in powers of two up to this many slots, then in multiples of
+        it (`slot_bucket`).
       prefill_chunk: longest chunk prefilled in one program call; longer prompts are prefilled
         in pieces, which bounds the attention scores' memory at B x heads x chunk x slots.
     """
@@ -526,6 +543,7 @@ class SamplerSession:
         mesh: jax.sharding.Mesh | None = None,
         rules: shd.Rules | str = "sample",
         min_slots: int = 64,
+        slot_step: int = 256,
         prefill_chunk: int = 256,
         unroll_layers: bool = False,
     ):
@@ -544,6 +562,9 @@ class SamplerSession:
         self.rules = shd.rules_from(rules)
         self.layout = None if mesh is None else (mesh, self.rules)
         self.min_slots = min_slots
+        if slot_step < 1:
+            raise ValueError(f"slot_step must be >= 1, got {slot_step}")
+        self.slot_step = slot_step
         self.prefill_chunk = bucket(prefill_chunk)
         shards = 1
         if mesh is not None:
@@ -602,7 +623,7 @@ class SamplerSession:
     def _ensure_slots(self, need: int):
         if need > self.max_len:
             raise ValueError(f"a row would reach {need} tokens, over max_len={self.max_len}")
-        slots = min(bucket(need, self.min_slots), max(self.max_len, need))
+        slots = min(slot_bucket(need, self.min_slots, self.slot_step), max(self.max_len, need))
         if self._cache is None:
             cache = KVCache.zeros(self.cfg, self.batch_size, slots)
             axes = _cache_axes(cache)

@@ -10,6 +10,8 @@ cache keeps every earlier token, so a turn computes only its new tokens. Referen
 loop around `generate` does: every turn re-prefills everything before it. Ours is warmed on one
 whole episode first (compilation), the reference on two turns. One JSON line; keys:
   ours_s, reprefill_s    wall time of the whole episode
+  ours_pow2_s            ours again with the cache grown by doubling only (slot_step past the
+                         longest row), against our default growth in `slot_step` steps
   speedup                reprefill_s / ours_s (target >= 3)
   ours_prefill_tokens    tokens our prefill computed (prompt + every observation + the pending
                          last token of each turn)
@@ -59,9 +61,13 @@ def start_prompts(tok, batch: int) -> list[list[int]]:
     ]
 
 
-def ours(model, tok, prompts, obs, turns: int, new: int) -> tuple[float, int, list[list[int]]]:
+def ours(
+    model, tok, prompts, obs, turns: int, new: int, **session_kw
+) -> tuple[float, int, list[list[int]]]:
     t = time.perf_counter()
-    session = SamplerSession(model, tok, batch_size=len(prompts), eos_ids=(), max_len=8192)
+    session = SamplerSession(
+        model, tok, batch_size=len(prompts), eos_ids=(), max_len=8192, **session_kw
+    )
     session.start(prompts)
     prefilled = sum(len(p) for p in prompts)
     convo = [list(p) for p in prompts]
@@ -134,6 +140,8 @@ def main():
     before = compile_count()
     ours_s, ours_tokens, convo = ours(model, tok, prompts, obs, args.turns, args.new_tokens)
     compiles = compile_count() - before
+    # Doubling only: every cache size it reaches (powers of two) the default growth compiled.
+    pow2_s = ours(model, tok, prompts, obs, args.turns, args.new_tokens, slot_step=8192)[0]
     hf_s, hf_tokens = reprefill(hf, prompts, obs, args.turns, args.new_tokens)
     print(
         json.dumps(
@@ -146,6 +154,8 @@ def main():
                 "ours_s": round(ours_s, 2),
                 "reprefill_s": round(hf_s, 2),
                 "speedup": round(hf_s / ours_s, 2),
+                "ours_pow2_s": round(pow2_s, 2),
+                "pow2_speedup": round(hf_s / pow2_s, 2),
                 "ours_cold_s": round(cold_s, 2),
                 "cold_speedup": round(hf_s / cold_s, 2),
                 "ours_cold_compiles": cold_compiles,

@@ -62,7 +62,7 @@ def main(argv):
     report: dict[str, Any] = dict(checkpoint=name, conversations=conversations, threshold=_THRESHOLD.value,
                   official={}, ours={}, agreement={})  # fmt: skip
     with BackgroundServer(create_app(server)) as url:
-        ep = cc.Endpoint(url, name, max_tokens=_MAX_TOKENS.value)
+        ep = cc.Endpoint(url, name, max_tokens=_MAX_TOKENS.value, parallel=_ROWS.value)
         for system in _SYSTEMS.value:
             t0 = time.perf_counter()
             stored = cc.OFFICIAL_RUNNERS[system](ep, conversations)

@@ -62,8 +62,8 @@ def test_stage1_conversations_are_hotpotqa_stage_one():
 def test_official_mem0_runs_against_the_server(served):
     server, ep = served
     before = dict(server.stats)
-    stored = cc.run_mem0(ep, cc.stage1_conversations(1))
-    assert len(stored) == 1  # completed; an untrained model's facts may not parse
+    stored = cc.run_mem0(ep, cc.stage1_conversations(2))  # two clients at once, one batch
+    assert len(stored) == 2  # completed; an untrained model's facts may not parse
     assert server.stats["response_format_json_object"] > before.get(
         "response_format_json_object", 0
     )

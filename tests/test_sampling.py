@@ -28,6 +28,7 @@ from agemem_jax.sampler import (
     compile_count,
     generate,
     select_tokens,
+    slot_bucket,
 )
 from agemem_jax.stop_strings import StopMatcher, token_bytes
 
@@ -200,6 +201,29 @@ def test_cache_grows_with_use_not_with_max_new_tokens():
     out = session.decode(1000)[0]
     assert out.finish_reason == "eos" and out.tokens == free[: free.index(eos) + 1]
     assert session.describe()["slots"] == 16
+
+
+def test_cache_grows_in_steps_past_slot_step_and_stays_exact():
+    """Past `slot_step` the cache grows by steps (48 -> 64 -> 96), not doubling to 128."""
+    assert [slot_bucket(n, 16, 32) for n in (1, 17, 32, 33, 64, 65, 97)] == [
+        16, 32, 32, 64, 64, 96, 128,
+    ]  # fmt: skip
+    model = tiny_model()
+    rng = np.random.default_rng(1)
+    history = [list(rng.integers(4, 128, n)) for n in (30, 12)]
+    session = SamplerSession(model, None, batch_size=2, eos_ids=(), min_slots=16, slot_step=32)
+    session.start(history)
+    seen = []
+    for _ in range(3):
+        outs = session.decode(12, SamplingParams(temperature=1.0))
+        history = [h + o.tokens for h, o in zip(history, outs, strict=True)]
+        chunk = list(rng.integers(4, 128, 9))
+        session.append([chunk, []])
+        history[0] += chunk
+        seen.append(session.describe()["slots"])
+    assert max(map(len, history)) == 30 + 3 * 21 and seen[-1] == 96  # 93 tokens in 96 slots
+    want = np.stack([full_logits(model, h)[-1] for h in history])
+    np.testing.assert_allclose(session.next_logits(), want, atol=1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------- stops
