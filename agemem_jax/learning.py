@@ -27,6 +27,7 @@ import numpy as np
 
 from agemem_jax import tools as T
 from agemem_jax.metrics_log import read_jsonl
+from agemem_jax.results import TOOL_LABELS
 
 # The reward variants a learning run trains: config overrides of the `reward` block.
 VARIANTS: dict[str, dict[str, float]] = {
@@ -181,8 +182,6 @@ def paired(
 
 # --------------------------------------------------------------------------- the report
 SUITES = {"procedural": "held-out procedural tasks", "hotpotqa": "HotpotQA (shared dev sample)"}
-TOOL_LABELS = {T.ADD: "ADD", T.UPDATE: "UPDATE", T.DELETE: "DELETE", T.RETRIEVE: "RETRIEVE",
-               T.SUMMARY: "SUMMARY", T.FILTER: "FILTER"}  # fmt: skip
 # Training-log series the diagnosis reads: (metrics.jsonl key, label).
 DIAGNOSTICS = (
     ("reward_mean", "reward (mean over the step's rollouts)"),
