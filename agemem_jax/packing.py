@@ -4,8 +4,9 @@ Every agent step is its own training row: the prompt tokens the policy saw at st
 action tokens it produced (memory tools edit the context, so a trajectory is no single
 sequence). Rows are short and ragged; packing several into one fixed-length row, with segment
 ids that keep them from attending to each other and positions that restart at 0 for each, is
-where update throughput comes from. Row lengths and rows per micro-batch are bucketed to powers
-of two, so an update compiles a handful of programs, not one per batch.
+where update throughput comes from. Row lengths are bucketed (powers of two and, by default, the
+midpoints 1.5x between them) and rows per micro-batch to powers of two, so an update compiles a
+handful of programs, not one per batch.
 
 Shared prefixes. Within a trajectory the context usually only grows: step t+1's prompt is step
 t's prompt, its action and the observation after it, until a memory tool edits the context or a
@@ -60,22 +61,32 @@ class PackingConfig:
     """Shapes of the packed micro-batches.
 
     A micro-batch is `[rows, row_len]` with rows · row_len ≈ `tokens_per_micro` (the memory knob:
-    activations of one forward/backward). `row_len` is the smallest power-of-two multiple of
-    `min_row_len` that holds the longest step row. `row_multiple` is set by the trainer to the
+    activations of one forward/backward). `row_len` is the smallest bucket that holds the
+    longest chain: `min_row_len` times a power of two, split into `row_len_steps` equal steps
+    per doubling (2: 128, 192, 256, 384, 512, 768, ...). Finer steps pad less (a 152-token row
+    costs 192 positions, not 256) and compile a few more shapes. `row_multiple` is set by the trainer to the
     number of batch shards so every micro-batch splits evenly across devices.
     """
 
     # Tokens per micro-batch. 16,384 = `max_row_len`, so one spec-length row (T_max + the max
     # response) always fits one micro-batch; CPU presets name a smaller value.
     tokens_per_micro: int = 16_384
-    min_row_len: int = 128  # shortest packed row; rows are power-of-two multiples of it
+    min_row_len: int = 128  # shortest packed row
+    row_len_steps: int = 2  # row-length buckets per doubling of min_row_len (1: powers of two)
     max_row_len: int = 16_384  # T_max 8192 + max response 2048, rounded up to a power of two
     row_multiple: int = 1  # rows per micro-batch divide by this (the trainer lcm's in its shards)
     merge_prefixes: bool = True  # pack a step row into the previous one when it extends it
 
     def __post_init__(self):
-        if min(self.tokens_per_micro, self.min_row_len, self.max_row_len, self.row_multiple) < 1:
+        sizes = (self.tokens_per_micro, self.min_row_len, self.max_row_len, self.row_multiple,
+                 self.row_len_steps)  # fmt: skip
+        if min(sizes) < 1:
             raise ValueError(f"packing sizes must be >= 1: {self}")
+        if self.min_row_len % self.row_len_steps:
+            raise ValueError(
+                f"row_len_steps={self.row_len_steps} must divide min_row_len={self.min_row_len} "
+                "(every bucket is a whole number of tokens)"
+            )
         if self.max_row_len < self.min_row_len:
             raise ValueError(f"max_row_len {self.max_row_len} < min_row_len {self.min_row_len}")
 
@@ -144,11 +155,15 @@ class Packed:
         return out
 
 
-def _next_bucket(n: int, base: int, cap: int) -> int:
+def _next_bucket(n: int, base: int, cap: int, steps: int = 1) -> int:
+    """The smallest `base * 2**k * (1 + i / steps)` (0 <= i < steps) that holds `n`, capped at
+    `cap` when `n` fits under it."""
     size = base
-    while size < n:
+    while size * 2 < n:
         size *= 2
-    return min(size, cap) if n <= cap else size
+    bucket = next((size + size * i // steps for i in range(steps) if size + size * i // steps >= n),
+                  size * 2)  # fmt: skip
+    return min(bucket, cap) if n <= cap else bucket
 
 
 def _row_arrays(row: StepRow, index: int):
@@ -239,7 +254,7 @@ def pack(
     chains = _chains(seqs, cfg.merge_prefixes)
     length = [c[-1][1].size - 1 for c in chains]  # positions of each chain
 
-    need = _next_bucket(max(length, default=1), cfg.min_row_len, cfg.max_row_len)
+    need = _next_bucket(max(length, default=1), cfg.min_row_len, cfg.max_row_len, cfg.row_len_steps)
     if row_len is not None and row_len < need:
         raise ValueError(f"row_len={row_len} is shorter than the {need} positions the rows need")
     row_len = need if row_len is None else int(row_len)

@@ -20,9 +20,9 @@ steady step. Keys:
                    π_old when TRL computes it), policy_fwd_s (log-probs with grad), and
                    backward_optimizer_s = the step minus those and minus the reward
   ours_compile_s   our first step minus the steady one (compilation)
-  ours_padding_waste  share of our packed positions that are padding (rows are bucketed to
-                   power-of-two lengths so shapes, and compiles, stay few; TRL pads to the
-                   longest row and compiles nothing)
+  ours_padding_waste  share of our packed positions that are padding (row lengths are
+                   bucketed, `packing.row_len_steps` per doubling, so shapes and compiles stay
+                   few; TRL pads to the longest row and compiles nothing)
   load             1-minute load average at the end: on a shared machine both sides slow down
 """
 

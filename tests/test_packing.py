@@ -60,7 +60,7 @@ def check_layout(rows, packed, cfg):
     for mb in packed.micro_batches:
         rows_, length = mb.shape
         assert rows_ % cfg.row_multiple == 0
-        assert length >= cfg.min_row_len and (length // cfg.min_row_len).bit_count() == 1
+        assert length in _buckets(cfg)
         # Padding is token 0 with segment 0 and carries no loss.
         assert np.all(mb.loss_mask[mb.segment_ids == 0] == 0)
         assert np.all(mb.input_ids[mb.segment_ids == 0] == 0)
@@ -69,6 +69,36 @@ def check_layout(rows, packed, cfg):
     real = sum(len(r.prompt_ids) + len(r.action_ids) - 1 for r in rows if any(r.action_mask))
     assert packed.real_tokens == real
     assert packed.padding_waste == pytest.approx(1 - real / packed.padded_tokens)
+
+
+def _buckets(cfg: PackingConfig) -> set[int]:
+    """Every row length packing may choose: min_row_len * 2**k * (1 + i / row_len_steps)."""
+    out, size = set(), cfg.min_row_len
+    while size <= cfg.max_row_len:
+        out |= {size + size * i // cfg.row_len_steps for i in range(cfg.row_len_steps)}
+        size *= 2
+    return {b for b in out if b <= cfg.max_row_len}
+
+
+@pytest.mark.parametrize(
+    ("steps", "lengths"),
+    [(1, [128, 256, 256, 512, 512, 1024]), (2, [128, 192, 256, 384, 512, 768])],
+)
+def test_row_len_buckets_per_doubling(steps, lengths):
+    # Rows needing 100, 150, 200, 300, 500 and 700 positions (a row of n tokens needs n - 1).
+    got = []
+    for n in (100, 150, 200, 300, 500, 700):
+        row = StepRow(prompt_ids=list(range(1, n)), action_ids=[7, 8], old_logprobs=[0.0, 0.0])
+        got.append(pack([row], min_row_len=128, row_len_steps=steps).shapes[0][1])
+    assert got == lengths
+    # The midpoints pad less: a 152-position row (GRPO's 24-token prompt + 128 tokens) costs
+    # 192 positions instead of 256.
+    row = StepRow(prompt_ids=list(range(1, 26)), action_ids=list(range(128)),
+                  old_logprobs=[0.0] * 128)  # fmt: skip
+    assert pack([row] * 8, tokens_per_micro=2048, row_len_steps=2).shapes == [(8, 192)]
+    assert pack([row] * 8, tokens_per_micro=2048, row_len_steps=1).shapes == [(8, 256)]
+    with pytest.raises(ValueError, match="row_len_steps=3 must divide min_row_len=128"):
+        PackingConfig(row_len_steps=3)
 
 
 def test_pack_layout_and_bucketed_shapes():
