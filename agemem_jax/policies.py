@@ -335,13 +335,12 @@ class ModelPolicy:
                 self.stats["prefilled_tokens"] += len(ids)
         self.stats["row_resets"] += len(resets)
         if len(resets) == self.session.num_rows:
-            # A stage reset edits every row at once: one batched prefill instead of one per row.
+            # A stage reset edits every row at once: a fresh start.
             self.session.start([resets[r] for r in range(self.session.num_rows)])
-        else:
-            for row, ids in resets.items():
-                self.session.reset_row(row, ids)
-        if appends:
-            self.session.append(appends)
+        elif resets or appends:
+            # One prefill for every edited and every extended row: a prefill program runs the
+            # whole batch, so a call per reset row would cost the batch size over again.
+            self.session.feed(append=appends, reset=resets)
         rows = [v.row for v in views]
         before = dict(self.session.stats)
         outs = self.session.decode(self.sampling.max_new_tokens, self.sampling.params, rows=rows)

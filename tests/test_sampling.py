@@ -527,3 +527,39 @@ def test_decode_utilization_counts_kept_tokens_per_row_step():
     session.append({r: [3] for r in range(4)})
     session.decode(6)
     assert session.utilization == pytest.approx((12 + 24) / (24 + 24))
+
+
+def test_model_policy_prefills_resets_and_appends_together_and_exactly():
+    """A turn where one row's context was edited (Filter/Summary) and the others grew: the
+    policy prefills them in one call, and every row acts as if it were decoded alone."""
+    from agemem_jax.policies import AgentView, ModelPolicy
+    from agemem_jax.sampler import SamplingConfig
+
+    model, tok = tiny_model(), make_tiny_tokenizer()
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=6, stop=())
+    rng = np.random.default_rng(1)
+
+    def view(row, ids):
+        return AgentView(row=row, rollout=row, task=None, stage=1, turn=0, turn_step=0,
+                         incoming="", last_turn_of_stage=False, prompt_ids=tuple(ids))  # fmt: skip
+
+    def alone(ids):
+        p = ModelPolicy(model, tok, cfg, max_len=256)
+        p.begin(1)
+        return p.act([view(0, ids)])[0].token_ids
+
+    policy = ModelPolicy(model, tok, cfg, max_len=256)
+    policy.begin(3)
+    prompts = [list(map(int, rng.integers(4, 128, n))) for n in (9, 14, 6)]
+    first = policy.act([view(r, p) for r, p in enumerate(prompts)])
+    grown = [p + a.token_ids + list(map(int, rng.integers(4, 128, 5)))
+             for p, a in zip(prompts, first, strict=True)]  # fmt: skip
+    grown[1] = list(map(int, rng.integers(4, 128, 11)))  # row 1's context was edited
+    calls = []
+    feed = policy.session.feed
+    policy.session.feed = lambda **kw: (calls.append(sorted(kw)), feed(**kw))[1]
+    second = policy.act([view(r, p) for r, p in enumerate(grown)])
+    assert calls == [["append", "reset"]]  # one prefill for the reset row and the appends
+    assert policy.stats["row_resets"] == 3 + 1  # the first turn's three, then row 1
+    for ids, action in zip(grown, second, strict=True):
+        assert action.token_ids == alone(ids)
