@@ -31,9 +31,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.limit = 400
     # K=8 (spec) keeps a group's reward std informative; B=1 task per step keeps a step short.
     c.grpo.update(tasks_per_step=1, group_size=8)
-    # One step is ~8 episodes x ~5 actions; train.steps is set from the measured step time so
-    # that one variant finishes within 2 hours here (see docs/results/learning_cpu.md).
-    c.train.update(steps=40, save_every=2, keep_checkpoints=2)
+    # One step is ~8 episodes x ~5 actions: a rollout at batch 8 plus an update of ~8 packed
+    # rows of 2048 positions, an estimated 10-12 minutes here, so 10 steps keep one variant
+    # within 2 hours. The run resumes with a larger train.steps if the measured steps are faster.
+    c.train.update(steps=10, save_every=2, keep_checkpoints=2)
     c.optim.update(learning_rate=2e-5, warmup_steps=0, schedule="constant")
     # Greedy evaluation decodes 24 episodes as one batch: on 2 cores a decode step at 24 rows
     # costs little more than at 8 (weights are read once per step), so 48 tasks take 2 batches.
