@@ -64,8 +64,8 @@ class PackingConfig:
     activations of one forward/backward). `row_len` is the smallest bucket that holds the
     longest chain: `min_row_len` times a power of two, split into `row_len_steps` equal steps
     per doubling (2: 128, 192, 256, 384, 512, 768, ...). Finer steps pad less (a 152-token row
-    costs 192 positions, not 256) and compile a few more shapes. `row_multiple` is set by the trainer to the
-    number of batch shards so every micro-batch splits evenly across devices.
+    costs 192 positions, not 256) and compile a few more shapes. `row_multiple` is set by the
+    trainer to the number of batch shards so every micro-batch splits evenly across devices.
     """
 
     # Tokens per micro-batch. 16,384 = `max_row_len`, so one spec-length row (T_max + the max
