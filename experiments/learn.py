@@ -114,14 +114,25 @@ class Ledger:
         os.replace(tmp, self.path)
 
 
-def run_stage(ledger: Ledger, stage: str, fn) -> None:
+def run_stage(ledger: Ledger, stage: str, fn) -> bool:
+    """Run `fn` unless the ledger has `stage`; record it only if `fn` did not return False
+    (a GRPO run that SIGTERM stopped early: the stage stays open and the next run resumes it)."""
     if ledger.done(stage):
         logging.info("%s: done before, skipped", stage)
-        return
+        return True
     logging.info("%s: starting", stage)
     t = time.time()
-    fn()
+    if fn() is False:
+        logging.warning("%s: stopped before its end; re-run the command to resume it", stage)
+        return False
     ledger.finish(stage, time.time() - t)
+    return True
+
+
+def grpo_stage(config, workdir: Path) -> bool:
+    """GRPO to its last step; False when it stopped early (no export is written then)."""
+    grpo.train(config, workdir)
+    return (workdir / "export").is_dir()
 
 
 def main(argv):
@@ -147,8 +158,9 @@ def main(argv):
         rl.model.checkpoint = policies["sft"]
         rl.reward.update(learning.VARIANTS[variant])
         rl.train.export = True
-        run_stage(ledger, f"grpo_{variant}", lambda rl=rl, v=variant: grpo.train(
-            rl, wd / f"grpo_{v}"))  # fmt: skip
+        if not run_stage(ledger, f"grpo_{variant}", lambda rl=rl, v=variant: grpo_stage(
+                rl, wd / f"grpo_{v}")):  # fmt: skip
+            return
         policies[variant] = str(wd / f"grpo_{variant}" / "export")
         for suite in todo:
             c = eval_config(config, policies[variant], suite, learn)

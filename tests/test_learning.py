@@ -178,3 +178,22 @@ def test_learn_driver_runs_every_stage_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-4000:]
     assert json.loads((wd / "learn.json").read_text())["seconds"] == meta["seconds"]
     assert again.stderr.count("done before, skipped") == len(stages)
+
+
+def test_a_stage_stopped_early_stays_open(tmp_path):
+    """A GRPO stage that SIGTERM stopped (fn returns False) is not recorded, so a re-run
+    resumes it instead of evaluating a policy that was never exported."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learn", ROOT / "experiments" / "learn.py")
+    assert spec is not None and spec.loader is not None
+    learn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learn)
+    ledger = learn.Ledger(tmp_path, learning.LearnConfig(), "tiny")
+    assert learn.run_stage(ledger, "grpo_all_returns", lambda: False) is False
+    assert not ledger.done("grpo_all_returns")
+    assert learn.run_stage(ledger, "grpo_all_returns", lambda: None) is True
+    assert ledger.done("grpo_all_returns")
+    assert json.loads((tmp_path / "learn.json").read_text())["seconds"].keys() == {
+        "grpo_all_returns"
+    }
