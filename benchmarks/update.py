@@ -20,6 +20,10 @@ log-probs, micro-batch accumulation and AdamW. Keys:
                        path on the same rows, then a line `update_attention` with the
                        dense / blockwise ratios of update_s and forward_s (blockwise skips the
                        key tiles that are fully masked: above the diagonal and across segments)
+  remat, peak_rss_gb   the model's remat policy; with --remat full,none one line per policy on the
+                       same rows (give the leaner policy first: peak RSS is the process's so
+                       far), then `update_remat` lines with the first policy's update time over
+                       each other's (update_speedup > 1: the other policy is faster)
   grpo_step            with --grpo-step PRESET: one real GRPO step of that preset of
                        configs/hotpotqa_grpo.py (episodes + reward + update): rollout and update
                        seconds and their shares of the step, and decode_utilization (kept
@@ -33,6 +37,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import time
 
 import jax
@@ -141,7 +146,7 @@ def main():
     ap.add_argument("--logprob-chunk", type=int, default=256)
     ap.add_argument("--kl-beta", type=float, default=0.1)
     ap.add_argument("--scan-layers", action="store_true")
-    ap.add_argument("--remat", default="none", help="model.remat_policy (the demo uses full)")
+    ap.add_argument("--remat", default="none", help="comma list of model.remat_policy")
     ap.add_argument("--repeats", type=int, default=2, help="timed updates after the first")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grpo-step", default="", help="also time one GRPO step of this preset")
@@ -150,8 +155,13 @@ def main():
 
     roof = matmul_roof()
     step_share = grpo_step_share(args.grpo_step) if args.grpo_step else None
-    lines = [run(args, impl, roof, step_share) for impl in args.attention.split(",")]
-    by_impl = {line["attention_impl"]: line for line in lines}
+    remats = args.remat.split(",")
+    lines = [
+        run(args, impl, remat, roof, step_share)
+        for impl in args.attention.split(",")
+        for remat in remats
+    ]
+    by_impl = {line["attention_impl"]: line for line in lines if line["remat"] == remats[0]}
     if {"dense", "blockwise"} <= set(by_impl):
         d, b = by_impl["dense"], by_impl["blockwise"]
         print(
@@ -168,18 +178,40 @@ def main():
                 }
             )
         )
+    for impl in args.attention.split(","):
+        same = {line["remat"]: line for line in lines if line["attention_impl"] == impl}
+        for remat, line in same.items():
+            if remat != remats[0]:
+                base = same[remats[0]]
+                print(
+                    json.dumps(
+                        {
+                            "bench": "update_remat",
+                            "attention_impl": impl,
+                            "baseline": remats[0],
+                            "remat": remat,
+                            # > 1: `remat` is faster than the baseline policy.
+                            "update_speedup": round(base["update_s"] / line["update_s"], 3),
+                            "baseline_update_s": base["update_s"],
+                            "update_s": line["update_s"],
+                            "baseline_peak_rss_gb": base["peak_rss_gb"],
+                            "peak_rss_gb": line["peak_rss_gb"],
+                        }
+                    )
+                )
 
 
-def run(args, impl: str, roof: float, step_share: dict | None) -> dict:
-    """Time the update (and one forward) with attention path `impl`; print and return its line."""
+def run(args, impl: str, remat: str, roof: float, step_share: dict | None) -> dict:
+    """Time the update (and one forward) with attention path `impl` and remat policy `remat`;
+    print and return its line."""
     if args.model == "tiny":
         tiny = dataclasses.replace(
-            TINY, scan_layers=args.scan_layers, attention_impl=impl, remat_policy=args.remat
+            TINY, scan_layers=args.scan_layers, attention_impl=impl, remat_policy=remat
         )
         model = Decoder(tiny, rngs=nnx.Rngs(0))
     else:
         model, _ = load_checkpoint(
-            args.model, scan_layers=args.scan_layers, attention_impl=impl, remat_policy=args.remat
+            args.model, scan_layers=args.scan_layers, attention_impl=impl, remat_policy=remat
         )
     cfg = model.cfg
     rows = synthetic_rows(cfg, args, np.random.default_rng(args.seed))
@@ -209,6 +241,10 @@ def run(args, impl: str, roof: float, step_share: dict | None) -> dict:
     line = {
         "grpo_step": step_share,
         "attention_impl": impl,
+        "remat": remat,
+        # The process's peak RSS so far: runs are in order, so a later line's peak covers
+        # the earlier ones too unless it grew.
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "forward_s": round(forward, 3),
         "bench": "update",
         "model": args.model,
