@@ -315,6 +315,7 @@ class ModelPolicy:
             mesh=self.mesh,
             rules=self.rules,
             unroll_layers=self.sampling.unroll_layers,
+            compact_rows=self.sampling.compact_rows,
             slot_step=self.sampling.cache_slot_step,
         )
         self._cached = [()] * n_rows

@@ -30,7 +30,10 @@ cache and resumes the same turn. Attention reads every slot, so the cache stays 
 rows' actual contexts allow (an RL turn may allow 2048 tokens and stop after 100). Chunk lengths
 and output buffers are bucketed to powers of two, cache slots to powers of two and then to
 multiples of `slot_step`, so a long multi-turn run compiles a handful of programs;
-`compile_count()` reports how many. The programs are module-level
+`compile_count()` reports how many. Rows of a turn stop at different lengths: once at most half
+the batch still runs, those rows are gathered into a batch of the next power of two, decode
+there, and are written back when they stop (`compact_rows`), so stopped rows do not spin
+through the tail of the turn. The programs are module-level
 functions jitted on static arguments (the model's graph definition, the sampling mode), so new
 sessions over the same model reuse them.
 
@@ -133,6 +136,9 @@ class SamplingConfig:
     # Sample with one module per layer even when the model scans its layers (see `unrolled`):
     # the KV cache is then updated in place. Costs a longer compile; accelerator presets set it.
     unroll_layers: bool = False
+    # Once at most half a decode batch still runs its turn, the running rows go on alone in a
+    # smaller batch (same tokens; finished rows stop costing compute). Off: lockstep to the end.
+    compact_rows: bool = True
     # KV-cache growth: powers of two up to this many slots, then multiples of it (decode reads
     # every slot, so a finer step reads fewer empty ones and compiles one program per step).
     cache_slot_step: int = 256
@@ -370,6 +376,7 @@ def _decode(
     eos_ids,
     stop_table,
     allowed=None,
+    shrink_at=None,
     *,
     greedy,
     top_k,
@@ -386,6 +393,8 @@ def _decode(
     the session grows the cache and calls it again with the same `turn`, so the cache (and
     the attention over it) only ever spans what the rows have actually used. `allowed` [B, V],
     when given, masks the turn's first token only (a host-side grammar steps one token a turn).
+    The program also returns once no more than `shrink_at` rows still run (-1: never), so the
+    session can go on with those rows alone in a smaller batch (`SamplerSession.decode`).
     """
     _TRACES["decode"] += 1
     model = nnx.merge(graphdef, params)
@@ -433,13 +442,41 @@ def _decode(
     def more(carry):
         c, cache = carry
         room = jnp.all(c.done | (c.index < cache.slots))
-        return (c.step < c.tokens.shape[1]) & ~jnp.all(c.done) & room
+        many = jnp.sum(~c.done) > (-1 if shrink_at is None else shrink_at)
+        return (c.step < c.tokens.shape[1]) & ~jnp.all(c.done) & room & many
 
     first = lambda c: sample_and_record(c, model.logits(last_hidden), allowed)
     turn = jax.lax.cond(turn.step == 0, first, lambda c: c, turn)
     turn, cache = jax.lax.while_loop(more, body, (turn, cache))
     turn = turn._replace(index=_constrain(turn.index, ("batch",), layout))
     return _constrain_cache(cache, layout), turn
+
+
+def _batch_axis(cache: KVCache) -> int:
+    return 0 if isinstance(cache.k, tuple) else 1  # stacked caches lead with the layer axis
+
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _take_rows(cache, turn, rows, *, layout):
+    """The cache and turn state of `rows` alone: a smaller batch that decodes on its own."""
+    _TRACES["compact"] += 1
+    axis = _batch_axis(cache)
+    cache = jax.tree.map(lambda a: jnp.take(a, rows, axis=axis), cache)
+    fields = {f: jnp.take(getattr(turn, f), rows, axis=0) for f in turn._fields if f != "step"}
+    return _constrain_cache(cache, layout), turn._replace(**fields)
+
+
+@functools.partial(jax.jit, static_argnames=("layout",), donate_argnames=("cache", "turn"))
+def _put_rows(cache, turn, sub_cache, sub_turn, rows, *, layout):
+    """Write a smaller batch's cache and turn state back into rows `rows` of the full batch."""
+    _TRACES["compact"] += 1
+    axis = _batch_axis(cache)
+    at = (slice(None),) * axis + (rows,)
+    cache = jax.tree.map(lambda a, b: a.at[at].set(b), cache, sub_cache)
+    fields = {
+        f: getattr(turn, f).at[rows].set(getattr(sub_turn, f)) for f in turn._fields if f != "step"
+    }
+    return _constrain_cache(cache, layout), turn._replace(step=sub_turn.step, **fields)
 
 
 # ---------------------------------------------------------------------------- session
@@ -527,6 +564,9 @@ class SamplerSession:
         it (`slot_bucket`).
       prefill_chunk: longest chunk prefilled in one program call; longer prompts are prefilled
         in pieces, which bounds the attention scores' memory at B x heads x chunk x slots.
+      unroll_layers: sample a scanned model through a per-layer copy of its weights (`unrolled`).
+      compact_rows: once at most half the batch still runs in a decode turn, go on with those
+        rows alone in a smaller batch (powers of two), so finished rows stop costing compute.
     """
 
     def __init__(
@@ -546,6 +586,7 @@ class SamplerSession:
         slot_step: int = 256,
         prefill_chunk: int = 256,
         unroll_layers: bool = False,
+        compact_rows: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -573,6 +614,8 @@ class SamplerSession:
                 shards *= mesh.shape[ax]
         self.num_rows = batch_size
         self.batch_size = -(-batch_size // shards) * shards
+        self._batch_shards = shards
+        self.compact_rows = compact_rows
         if row_offset < 0:
             raise ValueError(f"row_offset must be >= 0, got {row_offset}")
         self._graphdef, self._params = None, None
@@ -621,15 +664,15 @@ class SamplerSession:
         self._ready = np.zeros(b, bool)
 
     def _ensure_slots(self, need: int):
+        if self._cache is not None:
+            self._cache = self._grown(self._cache, need)
+            return
         if need > self.max_len:
             raise ValueError(f"a row would reach {need} tokens, over max_len={self.max_len}")
         slots = min(slot_bucket(need, self.min_slots, self.slot_step), max(self.max_len, need))
-        if self._cache is None:
-            cache = KVCache.zeros(self.cfg, self.batch_size, slots)
-            axes = _cache_axes(cache)
-            self._cache = jax.tree.map(lambda a: self._place(a, axes), cache)
-        elif self._cache.slots < need:
-            self._cache = _grow(self._cache, slots=slots, layout=self.layout)
+        cache = KVCache.zeros(self.cfg, self.batch_size, slots)
+        axes = _cache_axes(cache)
+        self._cache = jax.tree.map(lambda a: self._place(a, axes), cache)
 
     # ------------------------------------------------------------------ input handling
     def encode(self, prompt) -> list[int]:
@@ -828,35 +871,16 @@ class SamplerSession:
         turn = _Turn.begin(
             active, self._index, self._draws, bucket(int(limit.max()), 128), self._place
         )
-        args = (
-            self._place(limit, ("batch",)),
-            jax.random.wrap_key_data(self._place(self._row_keys, ("batch", None))),
-            self._place(temperature, ("batch",)),
-            self._place(top_p, ("batch",)),
-            eos,
-            table,
-            mask,
-        )
+        per_row = (limit, self._row_keys, temperature, top_p)
         static = dict(
             greedy=all(p.greedy for p in params),
             top_k=int(sampling.top_k),
             use_top_p=any(p.top_p < 1.0 for p in params),
             layout=self.layout,
         )
-        lengths, running = self._lengths.copy(), active.copy()
-        while True:
-            # The cache grows only when a running row needs the next slot.
-            self._ensure_slots(int(lengths[running].max()) + 1)
-            self._cache, turn = _decode(
-                self._graphdef, self._params, self._cache, turn, self._last_hidden, *args, **static
-            )
-            step, done, index = jax.device_get((turn.step, turn.done, turn.index))
-            lengths, running = index.astype(np.int64), ~done
-            if not running.any() or step >= turn.tokens.shape[1]:
-                break
+        turn = self._decode_loop(turn, per_row, (eos, table, mask), static, active)
         self._index, self._draws = turn.index, turn.draws
-        self._lengths = lengths
-        self.stats["decode_row_steps"] += int(step) * self.batch_size
+        self._lengths = np.asarray(jax.device_get(turn.index), np.int64)
         self.stats["decode_kept_tokens"] += int(jax.device_get(turn.n_gen).sum())
         host = jax.device_get(
             dict(n_gen=turn.n_gen, tokens=turn.tokens, logp=turn.logp,
@@ -882,6 +906,116 @@ class SamplerSession:
         return results
 
     # ------------------------------------------------------------------ internals
+    def _decode_loop(
+        self, turn: _Turn, per_row: tuple, shared: tuple, static: dict, active: np.ndarray
+    ) -> _Turn:
+        """Run the decode program until every row stops; returns the full batch's turn state.
+
+        With `compact_rows`, once at most half the batch still runs (rows that sat the turn
+        out count as stopped), those rows go on alone: their cache and turn state are gathered
+        into a batch of the next power of two and written back when they stop, so a turn's
+        tail costs what its running rows do, not the whole batch's. Each row's numbers are its
+        own in any batch (rows never mix), so the tokens are the same either way.
+        """
+        rows = None  # full-batch indices of the rows in the current smaller batch
+        full_cache: KVCache | None = None
+        full_turn = turn
+        cache = self._cache
+        batch = self.batch_size
+        eos, table, mask = shared
+        last_hidden = self._last_hidden
+
+        def place_rows(idx):
+            """The per-row inputs (host arrays: limit, PRNG key data, temperature, top_p) of
+            rows `idx`, on device."""
+            limit, keys, temperature, top_p = (a if idx is None else a[idx] for a in per_row)
+            return (
+                self._place(limit, ("batch",)),
+                jax.random.wrap_key_data(self._place(keys, ("batch", None))),
+                self._place(temperature, ("batch",)),
+                self._place(top_p, ("batch",)),
+            )
+
+        row_args = place_rows(None)
+        lengths, running = self._lengths.copy(), active.copy()
+        step_before = 0
+        while True:
+            # The cache grows only when a running row needs the next slot.
+            need = int(lengths[running].max()) + 1
+            cache = self._grown(cache, need)
+            shrink = self._shrink_target(batch)
+            cache, turn = _decode(
+                self._graphdef, self._params, cache, turn, last_hidden, *row_args, eos, table,
+                mask, None if shrink is None else jnp.int32(shrink), **static,
+            )  # fmt: skip
+            step, done, index = jax.device_get((turn.step, turn.done, turn.index))
+            self.stats["decode_row_steps"] += (int(step) - step_before) * batch
+            step_before = int(step)
+            lengths, running = index.astype(np.int64), ~done
+            if not running.any() or step >= turn.tokens.shape[1]:
+                break
+            if shrink is None or int(running.sum()) > shrink:
+                continue  # the cache filled up: grow it and go on
+            # Few rows still run: write this batch back, then take them alone.
+            if rows is not None:
+                assert full_cache is not None
+                full_cache, full_turn = self._put_back(full_cache, full_turn, cache, turn, rows)
+            else:
+                full_cache, full_turn = cache, turn
+            keep = np.nonzero(running)[0] if rows is None else rows[np.nonzero(running)[0]]
+            size = max(bucket(len(keep)), self._batch_shards)
+            full_done = np.asarray(jax.device_get(full_turn.done))
+            filler = np.setdiff1d(np.nonzero(full_done)[0], keep)[: size - len(keep)]
+            rows = np.concatenate([keep, filler]).astype(np.int32)
+            idx = self._place(rows, (None,))
+            cache, turn = _take_rows(full_cache, full_turn, idx, layout=self.layout)
+            row_args = place_rows(rows)
+            # Both serve a turn's first token only, which is behind us; they just need the shape.
+            last_hidden = self._place(np.zeros((size, self.cfg.hidden_size), self.cfg.dtype),
+                                      ("batch", None))  # fmt: skip
+            if mask is not None:
+                mask = self._place(np.ones((size, self.cfg.vocab_size), bool), ("batch", None))
+            lengths, running = lengths[np.nonzero(running)[0]], np.ones(len(keep), bool)
+            lengths = np.concatenate([lengths, np.zeros(len(filler), np.int64)])
+            running = np.concatenate([running, np.zeros(len(filler), bool)])
+            batch = size
+        if rows is None:
+            self._cache = cache
+            return turn
+        assert full_cache is not None
+        self._cache, turn = self._put_back(full_cache, full_turn, cache, turn, rows)
+        return turn
+
+    def _shrink_target(self, batch: int) -> int | None:
+        """Running-row count at which a batch of `batch` rows hands its rows to a smaller one:
+        the largest power of two <= batch / 2 that the batch shards still divide; None when
+        compaction is off or no smaller batch exists."""
+        if not self.compact_rows:
+            return None
+        target = 1 << ((batch // 2).bit_length() - 1) if batch >= 2 else 0
+        if target < self._batch_shards or target % self._batch_shards:
+            return None
+        return target
+
+    def _grown(self, cache: KVCache | None, need: int) -> KVCache:
+        """`cache` with at least `need` slots (the session's growth rule)."""
+        if need > self.max_len:
+            raise ValueError(f"a row would reach {need} tokens, over max_len={self.max_len}")
+        assert cache is not None  # decode runs after a prefill allocated the cache
+        if cache.slots >= need:
+            return cache
+        slots = min(slot_bucket(need, self.min_slots, self.slot_step), max(self.max_len, need))
+        return _grow(cache, slots=slots, layout=self.layout)
+
+    def _put_back(self, full_cache, full_turn, cache, turn, rows):
+        """Write a smaller batch back into the full one (grown first if the small one grew)."""
+        full_cache = self._grown(full_cache, cache.slots)
+        if full_cache.slots > cache.slots:
+            cache = _grow(cache, slots=full_cache.slots, layout=self.layout)
+        return _put_rows(
+            full_cache, full_turn, cache, turn, self._place(rows, (None,)), layout=self.layout
+        )
+
     def _text(self, tokens: list[int], reason: str) -> str | None:
         if self.tokenizer is None:
             return None

@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.sampling.max_new_tokens = 192
         # Rollouts decode from a per-layer copy of the weights, so each layer's cache is updated
         # in place: a decode step of 8 rows of ~900-token contexts took 146 ms instead of 356 ms
-        # with the scanned model's stacked cache (`benchmarks/scanned_decode.py`, same run).
+        # with the scanned model's stacked cache (`benchmarks/rollout_decode.py`, same run).
         c.sampling.unroll_layers = True
         c.packing.tokens_per_micro = 4096
         c.grpo.update(tasks_per_step=1, group_size=2)

@@ -519,14 +519,61 @@ def test_bad_input_is_one_clear_error():
 
 
 def test_decode_utilization_counts_kept_tokens_per_row_step():
-    """Rows that sit out a turn (or finished early) still cost a row-step each loop step."""
-    session = SamplerSession(tiny_model(), None, batch_size=4, eos_ids=())
-    session.start([[5, 6, 7], [8, 9], [10], [11, 12]])
+    """Without compaction, rows that sit out a turn (or finished early) still cost a row-step
+    each loop step; with it, once half the batch has stopped the rest decode as a batch of 2."""
+    prompts = [[5, 6, 7], [8, 9], [10], [11, 12]]
+    session = SamplerSession(tiny_model(), None, batch_size=4, eos_ids=(), compact_rows=False)
+    session.start(prompts)
     session.decode(6, rows=[0, 1])
     assert session.stats == {"decode_row_steps": 4 * 6, "decode_kept_tokens": 2 * 6}
     session.append({r: [3] for r in range(4)})
     session.decode(6)
     assert session.utilization == pytest.approx((12 + 24) / (24 + 24))
+    compact = SamplerSession(tiny_model(), None, batch_size=4, eos_ids=())
+    compact.start(prompts)
+    compact.decode(6, rows=[0, 1])
+    # The first token comes from the prefill's logits at batch 4; five model steps at batch 2.
+    assert compact.stats == {"decode_row_steps": 4 * 1 + 2 * 5, "decode_kept_tokens": 2 * 6}
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["per_layer_cache", "stacked_cache"])
+def test_compacted_rows_decode_exactly_as_in_the_full_batch(scan):
+    """Rows with different budgets finish at different steps, so the batch shrinks 8 -> 4 -> 2
+    -> 1 (and the cache grows inside the small batches). Tokens, log-probs, finish reasons and
+    the state left for the next turn equal those of the same session decoding lockstep."""
+    model = tiny_model(scan=scan)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(4, 128, int(n)).tolist() for n in rng.integers(3, 40, 8)]
+    budgets = {0: 2, 1: 60, 2: 5, 3: 9, 4: 1, 5: 17, 6: 33, 7: 3}
+    outs, states = {}, {}
+    before = compile_count()
+    for compact in (False, True):
+        session = SamplerSession(
+            model, None, batch_size=8, eos_ids=(), min_slots=32, compact_rows=compact, seed=1
+        )
+        session.start(prompts)
+        first = session.decode(budgets, SamplingParams(temperature=1.0))
+        session.append({r: [7, 8] for r in range(8)})
+        second = session.decode(5, SamplingParams(temperature=1.0), rows=[1, 6])
+        outs[compact] = (first, second)
+        states[compact] = (session.lengths.tolist(), session.describe()["slots"], session.stats)
+        session.append({1: [9], 6: [9]})
+        states[compact] += (session.next_logits()[[1, 6]],)
+    assert compile_count() - before > 0
+    for a, b in zip(outs[False][0] + outs[False][1], outs[True][0] + outs[True][1], strict=True):
+        if a is None:
+            assert b is None
+            continue
+        assert b is not None
+        assert a.tokens == b.tokens and a.finish_reason == b.finish_reason
+        np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5)
+    assert [len(o.tokens) for o in outs[True][0] if o] == [budgets[r] for r in range(8)]
+    lockstep, compacted = states[False], states[True]
+    assert lockstep[:2] == compacted[:2]  # lengths and cache slots
+    np.testing.assert_allclose(lockstep[3], compacted[3], atol=1e-4)
+    # What compaction saves: row-steps of rows that had already stopped.
+    assert lockstep[2]["decode_kept_tokens"] == compacted[2]["decode_kept_tokens"]
+    assert compacted[2]["decode_row_steps"] < lockstep[2]["decode_row_steps"] / 2
 
 
 def test_model_policy_prefills_resets_and_appends_together_and_exactly():
