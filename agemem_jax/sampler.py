@@ -137,7 +137,9 @@ class SamplingConfig:
     # the KV cache is then updated in place. Costs a longer compile; accelerator presets set it.
     unroll_layers: bool = False
     # Once at most half a decode batch still runs its turn, the running rows go on alone in a
-    # smaller batch (same tokens; finished rows stop costing compute). Off: lockstep to the end.
+    # smaller batch, so finished rows stop costing compute. Rows never mix, but XLA's matmuls
+    # round differently at another batch size, so a sampled token can differ where a draw sits
+    # on a boundary (SmolLM2, temperature 1: benchmarks/rollout_decode.py). Off: lockstep.
     compact_rows: bool = True
     # KV-cache growth: powers of two up to this many slots, then multiples of it (decode reads
     # every slot, so a finer step reads fewer empty ones and compiles one program per step).
@@ -915,7 +917,8 @@ class SamplerSession:
         out count as stopped), those rows go on alone: their cache and turn state are gathered
         into a batch of the next power of two and written back when they stop, so a turn's
         tail costs what its running rows do, not the whole batch's. Each row's numbers are its
-        own in any batch (rows never mix), so the tokens are the same either way.
+        own in any batch (rows never mix), up to float rounding that depends on the batch size:
+        a draw that sits on a boundary can pick another token (seen on SmolLM2).
         """
         rows = None  # full-batch indices of the rows in the current smaller batch
         full_cache: KVCache | None = None
