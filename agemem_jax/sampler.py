@@ -665,14 +665,18 @@ class SamplerSession:
         self._pending: list[int | None] = [None] * b
         self._ready = np.zeros(b, bool)
 
+    def _slots_for(self, need: int) -> int:
+        """The cache length that holds `need` tokens: bucketed, so few shapes compile, and never
+        past max_len."""
+        if need > self.max_len:
+            raise ValueError(f"a row would reach {need} tokens, over max_len={self.max_len}")
+        return min(slot_bucket(need, self.min_slots, self.slot_step), self.max_len)
+
     def _ensure_slots(self, need: int):
         if self._cache is not None:
             self._cache = self._grown(self._cache, need)
             return
-        if need > self.max_len:
-            raise ValueError(f"a row would reach {need} tokens, over max_len={self.max_len}")
-        slots = min(slot_bucket(need, self.min_slots, self.slot_step), max(self.max_len, need))
-        cache = KVCache.zeros(self.cfg, self.batch_size, slots)
+        cache = KVCache.zeros(self.cfg, self.batch_size, self._slots_for(need))
         axes = _cache_axes(cache)
         self._cache = jax.tree.map(lambda a: self._place(a, axes), cache)
 
@@ -924,6 +928,7 @@ class SamplerSession:
         full_cache: KVCache | None = None
         full_turn = turn
         cache = self._cache
+        assert cache is not None  # decoding follows a prefill, which allocated the cache
         batch = self.batch_size
         eos, table, mask = shared
         last_hidden = self._last_hidden
@@ -1000,15 +1005,10 @@ class SamplerSession:
             return None
         return target
 
-    def _grown(self, cache: KVCache | None, need: int) -> KVCache:
+    def _grown(self, cache: KVCache, need: int) -> KVCache:
         """`cache` with at least `need` slots (the session's growth rule)."""
-        if need > self.max_len:
-            raise ValueError(f"a row would reach {need} tokens, over max_len={self.max_len}")
-        assert cache is not None  # decode runs after a prefill allocated the cache
-        if cache.slots >= need:
-            return cache
-        slots = min(slot_bucket(need, self.min_slots, self.slot_step), max(self.max_len, need))
-        return _grow(cache, slots=slots, layout=self.layout)
+        slots = self._slots_for(need)
+        return cache if cache.slots >= need else _grow(cache, slots=slots, layout=self.layout)
 
     def _put_back(self, full_cache, full_turn, cache, turn, rows):
         """Write a smaller batch back into the full one (grown first if the small one grew)."""
