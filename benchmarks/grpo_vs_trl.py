@@ -1,6 +1,6 @@
 """One GRPO step of ours against TRL's `GRPOTrainer` at the same config; one JSON line per mode.
 
-    python benchmarks/grpo_vs_trl.py [--modes full,lora] [--steps 2] [--threads 2]
+    python benchmarks/grpo_vs_trl.py [--modes full,lora] [--steps 3] [--threads 2]
 
 Both sides: SmolLM2-135M-Instruct in f32 (the embedded GGUF; TRL loads it from an HF folder
 that our export writes), one group of K=8 completions of exactly 128 tokens (no EOS can end
@@ -23,14 +23,28 @@ steady step. Keys:
   ours_padding_waste  share of our packed positions that are padding (row lengths are
                    bucketed, `packing.row_len_steps` per doubling, so shapes and compiles stay
                    few; TRL pads to the longest row and compiles nothing)
+  ours_update_ops  where one of our updates spends its time, from a profiler trace of it: the
+                   milliseconds of each kind of XLA op (`ynn_fusion` = matmuls through YNNPACK,
+                   `copy_*`/`transpose_*` = layout copies the backward's weight gradients
+                   need), largest first; kinds are op names without their numeric suffix
+  matmul_gflops    a jitted f32 1024x1024 matmul here, measured in the same run: this CPU's
+                   practical peak for the model's matmuls
+  ours_update_gflops  the update's matmul FLOPs (2 x weights x packed positions per forward:
+                   reference, policy, and a backward of 2 forwards for full fine-tuning or 1
+                   for LoRA, whose frozen weights need no gradient) over update_s
+  floor_ratio      (generation_s + those FLOPs at matmul_gflops) / trl_step_s: the ratio left
+                   if the update ran every matmul at the isolated peak with nothing else
   load             1-minute load average at the end: on a shared machine both sides slow down
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import gzip
 import json
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -38,6 +52,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from agemem_jax import rl_loss
 from agemem_jax.chat import ChatFormat
@@ -118,13 +133,51 @@ def ours(mode: str, texts: list[str], steps: int, attention: str) -> dict:
         trainer.logprobs(packed, reference=ref)
         split[name] = time.perf_counter() - t
     split["backward_optimizer_s"] = split["update_s"] - split["reference_s"] - split["policy_fwd_s"]
+    ops = update_ops(lambda: trainer.update_packed(packed, "rl"))
+    weights = sum(x.size for x in jax.tree.leaves(nnx.state(trainer.model, nnx.Param)))
+    positions = sum(rows * length for rows, length in packed.shapes)
+    forwards = 4 if mode == "full" else 3  # reference + policy + backward (2 or 1 forwards)
     return {
+        "update_flops": 2.0 * weights * positions * forwards,
+        "ops": ops,
         "step_s": times[-1],
         "compile_s": times[0] - times[-1],
         "split": {k: round(v, 2) for k, v in split.items()},
         "shapes": packed.shapes,
         "padding_waste": packed.padding_waste,
     }
+
+
+def update_ops(run, top: int = 8) -> dict[str, float]:
+    """Milliseconds per kind of XLA op in one traced `run()` (warmed up before)."""
+    jax.block_until_ready(run())
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        jax.block_until_ready(run())
+        jax.profiler.stop_trace()
+        (trace,) = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)
+        events = json.load(gzip.open(trace))["traceEvents"]
+    ms: dict[str, float] = defaultdict(float)
+    for e in events:
+        name = e.get("name", "")
+        # XLA's ops only: not Python frames ($...), host calls (f(...)), runtime spans (A::B).
+        host = name.startswith(("$", "end:")) or "::" in name or "(" in name
+        if e.get("ph") == "X" and not host:
+            ms[re.sub(r"[.\d]+$", "", name)] += e.get("dur", 0) / 1e3
+    return {k: round(v, 1) for k, v in sorted(ms.items(), key=lambda kv: -kv[1])[:top]}
+
+
+def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
+    """The median rate of a jitted f32 n x n matmul: what this CPU gives a large dense matmul."""
+    x = jax.random.normal(jax.random.key(0), (n, n), np.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / float(np.median(times)) / 1e9
 
 
 # --------------------------------------------------------------------------- TRL
@@ -218,7 +271,7 @@ def trl(mode: str, folder: str, texts: list[str], steps: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--modes", default="full,lora")
-    ap.add_argument("--steps", type=int, default=2, help="steps per side; the last is timed")
+    ap.add_argument("--steps", type=int, default=3, help="steps per side; the last is timed")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--attention", default="dense", help="our model.attention_impl")
     args = ap.parse_args()
@@ -233,6 +286,8 @@ def main():
         for mode in args.modes.split(","):
             a = ours(mode, texts, args.steps, args.attention)
             b = trl(mode, folder, texts, args.steps)
+            peak = matmul_gflops()
+            update_s, gen_s = a["split"]["update_s"], a["split"]["generation_s"]
             line = {
                 "bench": "grpo_vs_trl",
                 "mode": mode,
@@ -244,6 +299,10 @@ def main():
                 "ours_compile_s": round(a["compile_s"], 1),
                 "ours_micro_batch_shapes": a["shapes"],
                 "ours_padding_waste": round(a["padding_waste"], 3),
+                "ours_update_ops": a["ops"],
+                "matmul_gflops": round(peak, 1),
+                "ours_update_gflops": round(a["update_flops"] / update_s / 1e9, 1),
+                "floor_ratio": round((gen_s + a["update_flops"] / peak / 1e9) / b["step_s"], 3),
                 "group": K,
                 "completion_tokens": NEW_TOKENS,
                 "kl_beta": BETA,
