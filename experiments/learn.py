@@ -102,8 +102,11 @@ class Ledger:
     def done(self, stage: str) -> bool:
         return stage in self.data["seconds"]
 
-    def finish(self, stage: str, seconds: float) -> None:
-        self.data["seconds"][stage] = round(seconds, 1)
+    def finish(self, stage: str, seconds: float, rerun: bool = False) -> None:
+        if rerun:
+            self.data.setdefault("reruns", {}).setdefault(stage, []).append(round(seconds, 1))
+        else:
+            self.data["seconds"][stage] = round(seconds, 1)
         self._save()
 
     def _save(self) -> None:
@@ -114,18 +117,27 @@ class Ledger:
         os.replace(tmp, self.path)
 
 
-def run_stage(ledger: Ledger, stage: str, fn) -> bool:
+def run_stage(ledger: Ledger, stage: str, fn, needs: Path | None = None) -> bool:
     """Run `fn` unless the ledger has `stage`; record it only if `fn` did not return False
-    (a GRPO run that SIGTERM stopped early: the stage stays open and the next run resumes it)."""
-    if ledger.done(stage):
+    (a GRPO run that SIGTERM stopped early: the stage stays open and the next run resumes it).
+
+    `needs` is what a finished stage leaves for later ones (an export, an evaluation). When the
+    ledger says done but `needs` is gone (the ledger was copied onto a fresh machine without the
+    weights), the stage runs again; every stage is seeded, so it rebuilds the same policy. The
+    ledger keeps the first wall time and lists the re-runs under `reruns`.
+    """
+    if ledger.done(stage) and (needs is None or needs.exists()):
         logging.info("%s: done before, skipped", stage)
         return True
+    rerun = ledger.done(stage)
+    if rerun:
+        logging.warning("%s: done before, but %s is gone: running it again", stage, needs)
     logging.info("%s: starting", stage)
     t = time.time()
     if fn() is False:
         logging.warning("%s: stopped before its end; re-run the command to resume it", stage)
         return False
-    ledger.finish(stage, time.time() - t)
+    ledger.finish(stage, time.time() - t, rerun=rerun)
     return True
 
 
@@ -147,25 +159,29 @@ def main(argv):
     ledger = Ledger(wd, learn, config.model.random or config.model.checkpoint)
     todo = suites(learn)
 
-    run_stage(ledger, "sft", lambda: grpo.sft(config, wd / "sft"))
+    def results(policy: str, suite: str) -> Path:
+        return learning.eval_dir(wd, policy, suite) / "eval" / "trajectories.jsonl"
+
+    run_stage(ledger, "sft", lambda: grpo.sft(config, wd / "sft"), wd / "sft" / "export")
     policies = {"sft": str(wd / "sft" / "export")}
     for suite in todo:
         c = eval_config(config, policies["sft"], suite, learn)
         run_stage(ledger, f"eval_sft_{suite}", lambda c=c, s=suite: evaluate(
-            c, learning.eval_dir(wd, "sft", s)))  # fmt: skip
+            c, learning.eval_dir(wd, "sft", s)), results("sft", suite))  # fmt: skip
     for variant in learn.variant_names:
         rl = copy.deepcopy(config)
         rl.model.checkpoint = policies["sft"]
         rl.reward.update(learning.VARIANTS[variant])
         rl.train.export = True
+        export = wd / f"grpo_{variant}" / "export"
         if not run_stage(ledger, f"grpo_{variant}", lambda rl=rl, v=variant: grpo_stage(
-                rl, wd / f"grpo_{v}")):  # fmt: skip
+                rl, wd / f"grpo_{v}"), export):  # fmt: skip
             return
         policies[variant] = str(wd / f"grpo_{variant}" / "export")
         for suite in todo:
             c = eval_config(config, policies[variant], suite, learn)
             run_stage(ledger, f"eval_{variant}_{suite}", lambda c=c, v=variant, s=suite: evaluate(
-                c, learning.eval_dir(wd, v, s)))  # fmt: skip
+                c, learning.eval_dir(wd, v, s)), results(variant, suite))  # fmt: skip
     if distributed.is_main():
         summary = learning.build_report(wd, wd / "report.md")
         print(json.dumps(summary["headline"], indent=1))

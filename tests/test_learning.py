@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -180,15 +181,38 @@ def test_learn_driver_runs_every_stage_and_resumes(tmp_path):
     assert again.stderr.count("done before, skipped") == len(stages)
 
 
-def test_a_stage_stopped_early_stays_open(tmp_path):
-    """A GRPO stage that SIGTERM stopped (fn returns False) is not recorded, so a re-run
-    resumes it instead of evaluating a policy that was never exported."""
+@functools.cache
+def _learn_module():
+    """experiments/learn.py as a module, loaded once (its absl flags can be defined once)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("learn", ROOT / "experiments" / "learn.py")
     assert spec is not None and spec.loader is not None
     learn = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(learn)
+    return learn
+
+
+def test_a_done_stage_whose_output_is_gone_runs_again(tmp_path):
+    """A ledger copied onto a machine without the weights: the stage that made them runs again
+    (its first wall time kept, the re-run listed); with the output present it is skipped."""
+    learn = _learn_module()
+    ledger = learn.Ledger(tmp_path, learning.LearnConfig(), "tiny")
+    export = tmp_path / "sft" / "export"
+    calls = []
+    assert learn.run_stage(ledger, "sft", lambda: calls.append(1) or export.mkdir(parents=True))
+    first = ledger.data["seconds"]["sft"]
+    assert learn.run_stage(ledger, "sft", lambda: calls.append(2), export) and calls == [1]
+    export.rmdir()
+    assert learn.run_stage(ledger, "sft", lambda: calls.append(3), export) and calls == [1, 3]
+    meta = json.loads((tmp_path / "learn.json").read_text())
+    assert meta["seconds"]["sft"] == first and len(meta["reruns"]["sft"]) == 1
+
+
+def test_a_stage_stopped_early_stays_open(tmp_path):
+    """A GRPO stage that SIGTERM stopped (fn returns False) is not recorded, so a re-run
+    resumes it instead of evaluating a policy that was never exported."""
+    learn = _learn_module()
     ledger = learn.Ledger(tmp_path, learning.LearnConfig(), "tiny")
     assert learn.run_stage(ledger, "grpo_all_returns", lambda: False) is False
     assert not ledger.done("grpo_all_returns")
