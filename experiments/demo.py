@@ -9,7 +9,9 @@
 5. Evaluation of the SFT+GRPO policy (AgeMem) on the same held-out tasks.
 The SFT warm start is training, so its row is "SFT", not noRL. Prints a table (J, MQ, TN, TC,
 reward) and writes `reward_curve.png` and `summary.json`.
-At this scale the numbers say whether the pipeline runs, not what the method achieves.
+At this scale the numbers say whether the pipeline runs, not what the method achieves: for
+that, see the learning run (`configs/learn_cpu.py`), whose paired results with confidence
+intervals are committed in docs/results/learning_cpu.md.
 """
 
 from __future__ import annotations
@@ -140,6 +142,10 @@ def main(argv):
     (wd / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(table(rows))
     print(f"\nreward curve: {wd / 'reward_curve.png'}   total {seconds['total'] / 60:.1f} min")
+    print(
+        f"{len(grpo_metrics)} GRPO steps say whether the pipeline runs, not whether RL helps; "
+        "a longer run's paired results with 95% intervals: docs/results/learning_cpu.md"
+    )
 
 
 if __name__ == "__main__":
