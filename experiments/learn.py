@@ -123,8 +123,9 @@ def run_stage(ledger: Ledger, stage: str, fn, needs: Path | None = None) -> bool
 
     `needs` is what a finished stage leaves for later ones (an export, an evaluation). When the
     ledger says done but `needs` is gone (the ledger was copied onto a fresh machine without the
-    weights), the stage runs again; every stage is seeded, so it rebuilds the same policy. The
-    ledger keeps the first wall time and lists the re-runs under `reruns`.
+    weights), the stage runs again. Stages are seeded, so it rebuilds the policy up to the
+    machine's floating-point differences. The ledger keeps the first wall time and lists the
+    re-runs under `reruns`.
     """
     if ledger.done(stage) and (needs is None or needs.exists()):
         logging.info("%s: done before, skipped", stage)

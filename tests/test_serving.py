@@ -203,7 +203,7 @@ def test_a_long_request_does_not_block_a_short_one(client):
     # The long request streams, so the short one is sent only once the long row is decoding. The
     # engine admits the short row at its next iteration and ends it within one decode chunk,
     # while the long row still has about 60 chunks to go: no race on wall time.
-    decoding, done, finish = threading.Event(), {}, []
+    decoding, ended, finish = threading.Event(), threading.Event(), []
 
     def long():
         stream = client.chat.completions.create(model=MODEL, messages=ask("the album"),
@@ -213,7 +213,7 @@ def test_a_long_request_does_not_block_a_short_one(client):
                 decoding.set()
             if chunk.choices and chunk.choices[0].finish_reason:
                 finish.append(chunk.choices[0].finish_reason)
-        done["long"] = time.perf_counter()
+        ended.set()
         decoding.set()  # never leave the main thread waiting, even if the stream ended at once
 
     thread = threading.Thread(target=long)
@@ -221,7 +221,7 @@ def test_a_long_request_does_not_block_a_short_one(client):
     assert decoding.wait(timeout=300)
     short = client.chat.completions.create(model=MODEL, messages=ask("the album"), max_tokens=4,
                                            temperature=0)  # fmt: skip
-    assert "long" not in done  # the short one joined the running batch and left first
+    assert not ended.is_set()  # the short one joined the running batch and left first
     thread.join(timeout=300)
     assert short.usage.completion_tokens == 4
     assert finish == ["length"]  # the long row ran to its budget: it was never cut short
