@@ -168,7 +168,8 @@ class Ledger:
     rounds: policy actions so far. added: contents of successful stage-1 Add_memory calls.
     maintained: an Update_memory or Delete_memory succeeded. retrieved: contents the agent's
     Retrieve_memory calls returned. reduced_before_limit: a Summary/Filter call shortened the
-    context before the context first went over its budget. limit_round: the round after which
+    context before the context first went over its budget; reduction_fill: the largest share of
+    the budget the context held when such a call ran. limit_round: the round after which
     the context had first gone over its budget (None: never). peak_tokens: the most prompt
     tokens of the episode, all stages. answer_tokens: T_used, prompt tokens when the answer was
     generated. last_prompt_tokens: the prompt of the latest action (T_used when no answer).
@@ -181,6 +182,7 @@ class Ledger:
     maintained: bool = False
     retrieved: list[str] = dataclasses.field(default_factory=list)
     reduced_before_limit: bool = False
+    reduction_fill: float = 0.0
     limit_round: int | None = None
     peak_tokens: int = 0
     answer_tokens: int | None = None
@@ -194,6 +196,7 @@ class Ledger:
         for rec in result.records:
             if rec.name in (T.SUMMARY, T.FILTER) and rec.reduced and rec.before_limit:
                 self.reduced_before_limit = True
+                self.reduction_fill = max(self.reduction_fill, rec.tokens_before / self.t_max)
             if not rec.ok:
                 continue
             if rec.name == T.ADD and stage == 1:
@@ -247,6 +250,7 @@ class Trajectory:
             t_max=led.t_max,
             kept_text=led.kept_text,
             reduced_before_limit=led.reduced_before_limit,
+            reduction_fill=led.reduction_fill,
             added_entries=tuple(led.added),
             maintained=led.maintained,
             retrieved=tuple(led.retrieved),

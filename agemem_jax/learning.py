@@ -51,6 +51,9 @@ class LearnConfig:
     hotpotqa_path: str = ""  # a HotpotQA JSON file; "" = the shared sample
     bootstrap_samples: int = 10000  # resamples of the tasks for each 95% interval
     bootstrap_seed: int = 0
+    # A finished learn workdir whose SFT policy and SFT evaluations this run reuses, so that
+    # tries of other GRPO settings pair against the same SFT results ("" = run its own SFT).
+    sft_from: str = ""
 
     def __post_init__(self):
         unknown = set(self.variant_names) - set(VARIANTS)
@@ -323,6 +326,8 @@ def _provenance(meta: Mapping[str, Any]) -> list[str]:
     lines = [f"Commit `{meta.get('commit', '?')}`. Commands:", "", "```"]
     lines += list(meta.get("commands", []))
     lines += ["```", "", "| stage | wall time |", "|---|---|"]
+    for stage, src in meta.get("shared", {}).items():
+        lines.append(f"| {stage} | shared: `{src}` |")
     for stage, s in meta.get("seconds", {}).items():
         lines.append(f"| {stage} | {s / 60:.1f} min |")
     total = sum(meta.get("seconds", {}).values())

@@ -5,8 +5,9 @@
 - R_task = S_judge(answer, A_q) in [0, 1] when an answer was given, else P_no_answer = -1.
 - R_context = α_c·R_compression + α_v·R_preventive + α_p·R_preservation, with
   R_compression = max(0, 1 - T_used/T_max); R_preventive = 1 if a Summary/Filter call that
-  shortened the context ran before the context first went over T_max; R_preservation = 1 if every
-  key item of the query is in what the agent kept in its context at answer time.
+  shortened the context ran before the context first went over T_max (and, when
+  `preventive_min_fill` > 0, while it held at least that share of T_max); R_preservation = 1 if
+  every key item of the query is in what the agent kept in its context at answer time.
 - R_memory = β_s·R_storage + β_m·R_maintenance + β_r·R_relevance, with R_storage =
   N_high_quality / max(1, N_added) over stage-1 additions, R_maintenance = 1 if any Update or
   Delete ran, R_relevance = S_judge(retrieved set, q).
@@ -37,6 +38,12 @@ class RewardConfig:
 
     `storage_threshold` **(ours)**: a stage-1 entry counts as high quality when its judge score
     is at least this; the spec only says the LLM judges "high quality or not".
+
+    `preventive_min_fill` **(ours)**: a context-reducing call earns R_preventive only when the
+    context held at least this share of T_max as it ran. 0 is the spec as written: any
+    shortening call before the limit pays. When episodes never come near T_max, that pays for
+    a reduction nothing called for, and a policy can learn to summarize away what it needs
+    (`docs/results/learning_cpu.md`); a positive share pays only for reducing under pressure.
     """
 
     w_task: float = 1 / 3  # weight of R_task (spec: 1/3, untuned)
@@ -52,6 +59,13 @@ class RewardConfig:
     p_rounds: float = -1.0  # penalty when rounds exceed episode.n_max
     p_overflow: float = -0.5  # penalty when token usage exceeded memory.t_max
     storage_threshold: float = 0.5  # judge score at which a stage-1 entry is high quality
+    preventive_min_fill: float = 0.0  # share of T_max a reducing call needs to be preventive
+
+    def __post_init__(self):
+        if not 0.0 <= self.preventive_min_fill <= 1.0:
+            raise ValueError(
+                f"reward.preventive_min_fill must be in [0, 1], got {self.preventive_min_fill}"
+            )
 
     @classmethod
     def answer_only(cls, **overrides) -> RewardConfig:
@@ -73,6 +87,8 @@ class EpisodeFacts:
         query's key items count only when the agent's context management kept them.
     reduced_before_limit: a Summary_context or Filter_context call shortened the context before
         the context first went over T_max (eviction or overflow); a no-op call does not count.
+    reduction_fill: the largest share of T_max the context held when such a call ran (0 when
+        none ran), for `RewardConfig.preventive_min_fill`.
     added_entries: contents of the successful Add_memory calls of stage 1.
     maintained: an Update_memory or Delete_memory succeeded.
     retrieved: contents of the entries the agent's Retrieve_memory calls returned.
@@ -89,6 +105,7 @@ class EpisodeFacts:
     t_max: int = 8192
     kept_text: str = ""
     reduced_before_limit: bool = False
+    reduction_fill: float = 0.0
     added_entries: tuple[str, ...] = ()
     maintained: bool = False
     retrieved: tuple[str, ...] = ()
@@ -102,6 +119,13 @@ class EpisodeFacts:
             if isinstance(value, str):
                 raise TypeError(f"EpisodeFacts.{name} is a sequence of strings, not one string")
             object.__setattr__(self, name, tuple(value))
+        if not 0.0 <= self.reduction_fill or (
+            self.reduction_fill and not self.reduced_before_limit
+        ):
+            raise ValueError(
+                f"EpisodeFacts.reduction_fill={self.reduction_fill}: must be >= 0, and 0 when no "
+                "call reduced the context before the limit"
+            )
         if self.t_max <= 0:
             raise ValueError(f"EpisodeFacts.t_max must be positive, got {self.t_max}")
         for name in ("context_tokens", "rounds", "n_max", "token_usage"):
@@ -155,9 +179,10 @@ def compression(ep: EpisodeFacts) -> float:
     return max(0.0, 1.0 - ep.context_tokens / ep.t_max)
 
 
-def preventive(ep: EpisodeFacts) -> float:
-    """R_preventive = 1 if a context-reducing call ran before the context reached the limit."""
-    return float(ep.reduced_before_limit)
+def preventive(ep: EpisodeFacts, cfg: RewardConfig) -> float:
+    """R_preventive = 1 if a context-reducing call ran before the context reached the limit,
+    with the context at least `cfg.preventive_min_fill` full."""
+    return float(ep.reduced_before_limit and ep.reduction_fill >= cfg.preventive_min_fill)
 
 
 def preservation(ep: EpisodeFacts) -> float:
@@ -247,7 +272,7 @@ def compute_rewards(
             storage = high / len(storage_scores) if storage_scores else nan
         parts: dict[str, float] = dict(
             compression=compression(ep),
-            preventive=preventive(ep),
+            preventive=preventive(ep, cfg),
             preservation=preservation(ep),
             storage=storage,
             maintenance=maintenance(ep),

@@ -10,6 +10,13 @@ with the SFT policy on the same held-out tasks: `learn.procedural_tasks` procedu
 data seed the training never draws, and the shared HotpotQA sample. Every stage resumes where
 it stopped (GRPO from its last orbax checkpoint), so the run may span sessions.
 
+A try of other GRPO settings from the same SFT policy gets its own workdir and links the
+first one's SFT stage and SFT evaluations, e.g. the preventive part gated on context pressure:
+
+    python experiments/learn.py --config=configs/learn_cpu.py --workdir=runs/learn_cpu_gated \\
+        --config.learn.sft_from=runs/learn_cpu --config.learn.variants=all_returns \\
+        --config.reward.preventive_min_fill=0.5
+
 Presets:
   (none)    the learning run: the demo's episode shape at K=8.
   tiny_cpu  a random tiny model with a handful of steps and tasks: a test of the driver.

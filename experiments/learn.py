@@ -10,8 +10,11 @@ Stages, each skipped once `learn.json` records it done, so re-running the comman
   eval_sft_<suite>        greedy evaluation of the SFT policy
   grpo_<variant>          GRPO from the SFT policy with the variant's reward
   eval_<variant>_<suite>  greedy evaluation of the GRPO policy on the same tasks
-Every evaluation scores with the method's full reward, whatever reward the policy trained on,
-so the variants are compared on one scale. Ends by writing `report.md` in the workdir
+`config.reward` with the variant's overrides is the reward GRPO trains on; every evaluation
+scores with the spec's reward (`RewardConfig`'s defaults), whatever the policy trained on, so
+variants and tries are compared on one scale. A try of other GRPO settings from the same SFT
+policy runs in its own workdir with `--config.learn.sft_from=<the first workdir>`, which links
+that workdir's SFT stage and SFT evaluations instead of repeating them. Ends by writing `report.md` in the workdir
 (`experiments/learning_report.py` writes it elsewhere, e.g. into docs/).
 """
 
@@ -31,8 +34,9 @@ from ml_collections import config_flags
 
 from agemem_jax import cli, distributed, grpo, learning
 from agemem_jax.data import SHARED_SAMPLE
-from agemem_jax.dataclass_config import build
+from agemem_jax.dataclass_config import block, build
 from agemem_jax.evaluate import evaluate
+from agemem_jax.rewards import RewardConfig
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/learn_cpu.py", "The learning run's config (training and `learn` block)."
@@ -45,6 +49,7 @@ def eval_config(config, checkpoint: str, suite: str, learn: learning.LearnConfig
     c = copy.deepcopy(config)
     c.model.update(checkpoint=checkpoint, random="", lora_rank=0)  # exports are merged
     c.policy = "model"
+    c.reward = block(RewardConfig)  # one scale for every policy: the spec's reward
     c.sampling.temperature = 0.0
     if suite == "procedural":
         if learn.procedural_seed == config.data.seed:
@@ -100,7 +105,11 @@ class Ledger:
         self._save()
 
     def done(self, stage: str) -> bool:
-        return stage in self.data["seconds"]
+        return stage in self.data["seconds"] or stage in self.data.get("shared", {})
+
+    def share(self, stage: str, source: Path) -> None:
+        self.data.setdefault("shared", {})[stage] = str(source)
+        self._save()
 
     def finish(self, stage: str, seconds: float, rerun: bool = False) -> None:
         if rerun:
@@ -142,6 +151,37 @@ def run_stage(ledger: Ledger, stage: str, fn, needs: Path | None = None) -> bool
     return True
 
 
+# What a reused SFT evaluation must have been run with to pair with this run's evaluations.
+_EVAL_SETTINGS = {"procedural": ("procedural_tasks", "procedural_seed"),
+                  "hotpotqa": ("hotpotqa_tasks", "hotpotqa_path")}  # fmt: skip
+
+
+def share_sft(source: Path, wd: Path, ledger: Ledger, suites: list[str]) -> None:
+    """Link `source`'s SFT stage and SFT evaluations into `wd` (`learn.sft_from`)."""
+    meta = source / "learn.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"learn.sft_from={source}: no learn.json there")
+    theirs = json.loads(meta.read_text())
+    ours = ledger.data["learn"]
+    for stage in ["sft", *(f"eval_sft_{s}" for s in suites)]:
+        done = stage in theirs.get("seconds", {}) or stage in theirs.get("shared", {})
+        if not done or not (source / stage).is_dir():
+            raise ValueError(f"learn.sft_from={source}: its {stage} stage has not finished")
+        suite = stage.removeprefix("eval_sft_")
+        for key in _EVAL_SETTINGS.get(suite, ()):
+            if theirs.get("learn", {}).get(key) != ours[key]:
+                raise ValueError(
+                    f"learn.sft_from={source}: its {stage} ran with {key}="
+                    f"{theirs.get('learn', {}).get(key)!r}, this run has {ours[key]!r}"
+                )
+        link, target = wd / stage, (source / stage).resolve()
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+        elif link.resolve() != target:
+            raise ValueError(f"{link} exists and is not {target}: remove it or drop sft_from")
+        ledger.share(stage, source)
+
+
 def grpo_stage(config, workdir: Path) -> bool:
     """GRPO to its last step; False when it stopped early (no export is written then)."""
     grpo.train(config, workdir)
@@ -159,6 +199,8 @@ def main(argv):
     distributed.initialize(config.get("multihost"))
     ledger = Ledger(wd, learn, config.model.random or config.model.checkpoint)
     todo = suites(learn)
+    if learn.sft_from:
+        share_sft(Path(learn.sft_from), wd, ledger, todo)
 
     def results(policy: str, suite: str) -> Path:
         return learning.eval_dir(wd, policy, suite) / "eval" / "trajectories.jsonl"

@@ -222,11 +222,11 @@ def _lake_task(conversation=("Zorvian Lake lies in Kestrel County.",), distracto
     )
 
 
-def _reward(chat, policy, task, env_config=None, **episode):
+def _reward(chat, policy, task, env_config=None, reward=None, **episode):
     episode = {"t1": len(task.conversation), "t2": len(task.distractors), "t3": 3} | episode
     runner = make_runner(chat, env_config, **episode)
     (traj,) = runner.run([task], policy)
-    score([traj], RuleJudge(), runner.cfg, RewardConfig())
+    score([traj], RuleJudge(), runner.cfg, RewardConfig(**(reward or {})))
     return traj
 
 
@@ -265,6 +265,23 @@ def test_preventive_needs_a_call_that_shortened_the_context(chat):
     (summ,) = longer.steps[0].calls
     assert summ.result["summarized_messages"] == 1 and "not shorter" in summ.result["note"]
     assert longer.reward.preventive == 0.0
+
+
+def test_preventive_min_fill_pays_only_a_reduction_under_pressure(chat):
+    """The same shortening Filter call, in a roomy context and in one near its budget: with
+    `preventive_min_fill` only the second is preventive; as the spec writes it, both are."""
+    task = _lake_task(distractors=["Football scores from the weekend league were high."])
+    real = Scripted({(2, 0): _call("Filter_context", criteria=task.distractors[0])})
+    gate = {"preventive_min_fill": 0.5}
+    roomy = _reward(chat, real, task, {"t_max": 8192}, gate)
+    tight = _reward(chat, real, task, {"t_max": 2000}, gate)
+    for traj, t_max in ((roomy, 8192), (tight, 2000)):
+        (filt,) = traj.steps[1].calls
+        assert filt.reduced and filt.before_limit
+        assert traj.ledger.reduction_fill == pytest.approx(filt.tokens_before / t_max)
+    assert roomy.ledger.reduction_fill < 0.5 <= tight.ledger.reduction_fill
+    assert roomy.reward.preventive == 0.0 and tight.reward.preventive == 1.0
+    assert _reward(chat, real, task, {"t_max": 8192}).reward.preventive == 1.0  # spec: no gate
 
 
 def _overflowing_task():

@@ -180,6 +180,26 @@ def test_learn_driver_runs_every_stage_and_resumes(tmp_path):
     assert json.loads((wd / "learn.json").read_text())["seconds"] == meta["seconds"]
     assert again.stderr.count("done before, skipped") == len(stages)
 
+    # A try with another training reward from the same SFT policy: the SFT stage and its
+    # evaluations are linked, GRPO trains on the try's reward, evaluation keeps the spec's.
+    try_wd = tmp_path / "try"
+    try_cmd = [sys.executable, "experiments/learn.py", "--config=configs/learn_cpu.py:tiny_cpu",
+               f"--workdir={try_wd}", f"--config.learn.sft_from={wd}",
+               "--config.learn.variants=all_returns", "--config.reward.preventive_min_fill=0.5"]  # fmt: skip
+    tried = subprocess.run(try_cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=1800)  # fmt: skip
+    assert tried.returncode == 0, tried.stderr[-4000:]
+    try_meta = json.loads((try_wd / "learn.json").read_text())
+    assert set(try_meta["shared"]) == {"sft", *(f"eval_sft_{s}" for s in suites)}
+    assert list(try_meta["seconds"]) == ["grpo_all_returns",
+                                         *(f"eval_all_returns_{s}" for s in suites)]  # fmt: skip
+    trained = json.loads((try_wd / "grpo_all_returns" / "config.json").read_text())
+    assert trained["reward"]["preventive_min_fill"] == 0.5
+    assert Path(trained["model"]["checkpoint"]).resolve() == (wd / "sft" / "export").resolve()
+    ev = learning.eval_dir(try_wd, "all_returns", "procedural") / "eval" / "config.json"
+    assert json.loads(ev.read_text())["reward"]["preventive_min_fill"] == 0.0
+    assert "shared: `" in (try_wd / "report.md").read_text()
+
 
 @functools.cache
 def _learn_module():
@@ -221,3 +241,34 @@ def test_a_stage_stopped_early_stays_open(tmp_path):
     assert json.loads((tmp_path / "learn.json").read_text())["seconds"].keys() == {
         "grpo_all_returns"
     }
+
+
+def test_sft_from_links_the_sft_stage_and_refuses_what_would_not_pair(tmp_path):
+    """A try from another workdir's SFT policy reuses its SFT stage and evaluations (linked,
+    not re-run), and refuses an SFT evaluation made on other held-out tasks."""
+    learn = _learn_module()
+    src, wd = tmp_path / "first", tmp_path / "try"
+    src.mkdir()
+    ran = learn.Ledger(src, learning.LearnConfig(), "tiny")
+    for stage in ("sft", "eval_sft_procedural"):
+        (src / stage).mkdir(parents=True)
+        ran.finish(stage, 1.0)
+    wd.mkdir()
+    ledger = learn.Ledger(wd, learning.LearnConfig(sft_from=str(src)), "tiny")
+    learn.share_sft(src, wd, ledger, ["procedural"])
+    assert (wd / "sft").resolve() == (src / "sft").resolve()
+    assert ledger.done("sft") and ledger.done("eval_sft_procedural")
+    assert learn.run_stage(ledger, "sft", lambda: pytest.fail("a shared stage ran"))
+    meta = json.loads((wd / "learn.json").read_text())
+    assert meta["shared"] == {"sft": str(src), "eval_sft_procedural": str(src)}
+    assert "seconds" in meta and not meta["seconds"]  # its wall time stays the first run's
+    learn.share_sft(src, wd, ledger, ["procedural"])  # idempotent on resume
+    with pytest.raises(ValueError, match="eval_sft_hotpotqa stage has not finished"):
+        learn.share_sft(src, wd, ledger, ["procedural", "hotpotqa"])
+    other = tmp_path / "other"
+    other.mkdir()
+    moved = learn.Ledger(other, learning.LearnConfig(procedural_seed=7), "tiny")
+    with pytest.raises(ValueError, match="procedural_seed=1000, this run has 7"):
+        learn.share_sft(src, other, moved, ["procedural"])
+    with pytest.raises(FileNotFoundError, match=r"no learn\.json"):
+        learn.share_sft(tmp_path / "nowhere", wd, ledger, ["procedural"])

@@ -181,6 +181,24 @@ def test_weights_are_configurable():
     assert strict.storage == pytest.approx(1 / 3, abs=EXACT)
 
 
+def test_preventive_min_fill_pays_a_reduction_only_under_pressure():
+    """Two episodes alike but for how full the context was when it was shortened."""
+    judge = RuleJudge()
+    early = dataclasses.replace(EPISODE_A, reduction_fill=0.2)  # 1.6k of 8k tokens
+    late = dataclasses.replace(EPISODE_A, reduction_fill=0.7)
+    gate = {"preventive_min_fill": 0.5}
+    e, la = compute_rewards([early, late], judge, gate)
+    assert (e.preventive, la.preventive) == (0.0, 1.0)
+    assert la.total - e.total == pytest.approx(1 / 9, abs=EXACT)  # w_context * alpha_preventive
+    # The spec as written (min fill 0) pays both; no reduction pays nothing at any gate.
+    assert [r.preventive for r in compute_rewards([early, late], judge)] == [1.0, 1.0]
+    assert compute_reward(EPISODE_B, judge, {"preventive_min_fill": 0.0}).preventive == 0.0
+    with pytest.raises(ValueError, match=r"preventive_min_fill must be in \[0, 1\]"):
+        RewardConfig(preventive_min_fill=1.5)
+    with pytest.raises(ValueError, match=r"reduction_fill=0\.3"):
+        dataclasses.replace(EPISODE_B, reduction_fill=0.3)  # B never reduced its context
+
+
 def test_config_from_mappings():
     assert build(RewardConfig, None) == RewardConfig()
     assert RewardConfig().w_task == 1 / 3 and RewardConfig().p_overflow == -0.5
