@@ -210,13 +210,16 @@ def build_report(
     out: str | Path,
     *,
     notes: str | Path | None = None,
+    tries: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """`out` (Markdown) plus its PNGs in `<out without .md>/`, from a learn workdir.
 
     Returns the headline numbers. Evaluations that are missing (a run still under way) leave
     their cells out and are listed; a learn workdir with no SFT evaluation is an error.
     `notes`, a Markdown file, is included as the report's diagnosis section. The bootstrap
-    settings are the run's (`learn` in learn.json).
+    settings are the run's (`learn` in learn.json). `tries` are learn workdirs started from
+    this run's SFT policy (`learn.sft_from`): each of their GRPO policies is paired against
+    this run's SFT evaluation, in a section of its own.
     """
     wd, out = Path(workdir), Path(out)
     meta = _read_json(wd / "learn.json") if (wd / "learn.json").is_file() else {}
@@ -236,6 +239,8 @@ def build_report(
             else:
                 missing.append(str(d.relative_to(wd)))
 
+    tried = _read_tries(tries, suites, scores, missing)
+
     def pair(a: str, b: str, suite: str, key: str) -> Paired | None:
         if (a, suite) not in scores or (b, suite) not in scores:
             return None
@@ -244,6 +249,7 @@ def build_report(
     figs = out.with_suffix("")
     figs.mkdir(parents=True, exist_ok=True)
     logs = {v: read_jsonl(wd / f"grpo_{v}" / "metrics.jsonl", skip_torn=True) for v in variants}
+    logs |= {t.label: t.log for t in tried}
     curve = _plot_curves(logs, figs / "reward_curve.png") if any(logs.values()) else None
 
     headline: dict[str, Any] = {}
@@ -281,6 +287,9 @@ def build_report(
     if curve:
         lines += [f"![reward curve]({figs.name}/{curve.name})", ""]
     lines += _training_table(logs)
+    if tried:
+        headline["tries"] = {}
+        lines += ["", *_tries_section(tried, suites, scores, pair, headline["tries"])]
     if notes:
         lines += ["", "## Diagnosis", "", Path(notes).read_text().strip()]
     if missing:
@@ -288,6 +297,78 @@ def build_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return {"report": str(out), "headline": headline, "missing": missing}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Try:
+    label: str  # "<workdir name>/<variant>", its key in the scores
+    changes: tuple[str, ...]  # the try's --config overrides, learn.* left out
+    commands: tuple[str, ...]
+    commit: str
+    grpo_seconds: float | None
+    log: list[dict[str, Any]]
+
+
+def _read_tries(tries, suites, scores, missing) -> list[_Try]:
+    """Each try's GRPO policies, their evaluations added to `scores` under the try's label."""
+    out = []
+    for t in map(Path, tries):
+        meta = _read_json(t / "learn.json") if (t / "learn.json").is_file() else None
+        if meta is None or not meta.get("learn", {}).get("sft_from"):
+            raise ValueError(f"try {t}: not a learn workdir started with learn.sft_from")
+        commands = tuple(meta.get("commands", ()))
+        changes = tuple(dict.fromkeys(
+            a for c in commands for a in c.split()
+            if a.startswith("--config.") and not a.startswith("--config.learn.")
+        ))  # fmt: skip
+        for v in VARIANTS:
+            if not (t / f"grpo_{v}").is_dir():
+                continue
+            label = f"{t.name}/{v}"
+            for suite in suites:
+                d = eval_dir(t, v, suite) / "eval"
+                if (d / "trajectories.jsonl").is_file():
+                    scores[label, suite] = per_task(d)
+                else:
+                    missing.append(str(d))
+            log = read_jsonl(t / f"grpo_{v}" / "metrics.jsonl", skip_torn=True)
+            secs = meta.get("seconds", {}).get(f"grpo_{v}")
+            out.append(_Try(label, changes, commands, meta.get("commit", "?"), secs, log))
+    return out
+
+
+def _tries_section(tried, suites, scores, pair, headline) -> list[str]:
+    lines = ["## Tries from the same SFT policy", ""]
+    lines += [
+        "Each try is its own learn workdir, started with `--config.learn.sft_from` pointing at "
+        "this run: GRPO from the same SFT policy with the settings below changed, evaluated "
+        "greedily on the same tasks with the spec's reward and paired against the same SFT "
+        "evaluation. Every try made is listed.",
+        "",
+        "| try | changed | GRPO wall time | suite | ΔJ − SFT | ΔMQ − SFT | Δreward − SFT |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in tried:
+        wall = "—" if t.grpo_seconds is None else f"{t.grpo_seconds / 60:.1f} min"
+        changed = " ".join(f"`{c}`" for c in t.changes) or "(none)"
+        headline[t.label] = {}
+        for suite in suites:
+            cells = {k: pair("sft", t.label, suite, k) for k in ("J", "MQ", "reward")}
+            headline[t.label][suite] = {
+                k: dataclasses.asdict(p) if p else None for k, p in cells.items()
+            }
+            lines.append(
+                f"| {t.label} | {changed} | {wall} | {suite} | "
+                + " | ".join(_cell(p) for p in cells.values())
+                + " |"
+            )
+    for suite in suites:
+        lines += ["", f"Tool calls per episode, {SUITES[suite]}:", ""]
+        lines += _tool_table(suite, [t.label for t in tried], scores)
+    lines += ["", "Commands (commit):", "", "```"]
+    for t in tried:
+        lines += [f"{c}  # {t.commit}" for c in t.commands]
+    return [*lines, "```"]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -7,6 +7,8 @@ Reads what `experiments/learn.py` wrote and writes `--out` (Markdown) with its P
 folder of the same name. Headline: ΔJ and ΔMQ (GRPO − SFT) and ΔMQ (All-Returns −
 Answer-Only), each a mean of per-task differences with a 95% bootstrap interval over tasks.
 `--notes` (Markdown: the diagnosis written after reading the numbers) becomes a section.
+`--tries` lists learn workdirs started from this run's SFT policy (`learn.sft_from`), each
+paired against the same SFT evaluation in a section of its own.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from agemem_jax import cli, learning
 _WORKDIR = flags.DEFINE_string("workdir", None, "A learn workdir (experiments/learn.py).")
 _OUT = flags.DEFINE_string("out", None, "The Markdown file to write; PNGs go beside it.")
 _NOTES = flags.DEFINE_string("notes", None, "A Markdown file included as the diagnosis.")
+_TRIES = flags.DEFINE_list("tries", [], "Learn workdirs started with learn.sft_from=--workdir.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
-    summary = learning.build_report(cli.required(_WORKDIR), cli.required(_OUT), notes=_NOTES.value)
+    summary = learning.build_report(cli.required(_WORKDIR), cli.required(_OUT), notes=_NOTES.value,
+                                    tries=_TRIES.value)  # fmt: skip
     print(json.dumps(summary))
 
 

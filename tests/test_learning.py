@@ -146,6 +146,29 @@ def test_report_headline_equals_the_paired_statistics(tmp_path):
     add_row = next(line for line in text.splitlines() if line.startswith("| ADD |"))
     assert len(add_row.split("|")) == 6  # tool, SFT, two variants
 
+    # A try from the same SFT policy pairs against the same SFT evaluation, in its own section.
+    tw = tmp_path / "gated"
+    _write_eval(tw, "all_returns", "procedural", {t: (j + 0.1, mq) for t, (j, mq) in sft.items()})
+    (tw / "grpo_all_returns").mkdir()
+    (tw / "grpo_all_returns" / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "reward_mean": 0.3, "reward_std": 0.1, "reward_group_std": 0.1})
+    )
+    cmd = (f"learn.py --workdir={tw} --config.learn.sft_from={wd} "
+           "--config.learn.variants=all_returns --config.reward.preventive_min_fill=0.5")  # fmt: skip
+    try_meta = {"learn": {**learn.__dict__, "sft_from": str(wd)}, "commit": "def5678",
+                "commands": [cmd], "seconds": {"grpo_all_returns": 1200.0}}  # fmt: skip
+    (tw / "learn.json").write_text(json.dumps(try_meta))
+    summary = learning.build_report(wd, out, notes=notes, tries=[tw])
+    got = summary["headline"]["tries"]["gated/all_returns"]["procedural"]
+    assert got["J"]["delta"] == pytest.approx(0.1) and got["MQ"]["delta"] == pytest.approx(0.0)
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| gated/all_returns |"))
+    assert "`--config.reward.preventive_min_fill=0.5`" in row and "learn.variants" not in row
+    assert "20.0 min" in row and "def5678" in text
+    (tw / "learn.json").write_text(json.dumps({**try_meta, "learn": learn.__dict__}))
+    with pytest.raises(ValueError, match=r"not a learn workdir started with learn\.sft_from"):
+        learning.build_report(wd, out, tries=[tw])
+
 
 def test_report_without_an_sft_evaluation_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no SFT evaluation"):
