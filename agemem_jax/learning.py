@@ -404,7 +404,9 @@ def _verdict(headline: Mapping[str, Any]) -> str:
 def _provenance(meta: Mapping[str, Any]) -> list[str]:
     if not meta:
         return ["(no learn.json: commands and wall times unknown)", ""]
-    lines = [f"Commit `{meta.get('commit', '?')}`. Commands:", "", "```"]
+    commits = meta.get("commits") or [meta.get("commit", "?")]
+    lines = ["Commits (the stages ran under these, in order): "
+             + ", ".join(f"`{c}`" for c in commits) + ". Commands:", "", "```"]  # fmt: skip
     lines += list(meta.get("commands", []))
     lines += ["```", "", "| stage | wall time |", "|---|---|"]
     for stage, src in meta.get("shared", {}).items():
