@@ -326,6 +326,8 @@ def _read_tries(tries, suites, scores, missing) -> list[_Try]:
                 continue
             label = f"{t.name}/{v}"
             for suite in suites:
+                if suite == "hotpotqa" and not meta["learn"].get("hotpotqa_tasks"):
+                    continue  # the try left this suite out (learn.hotpotqa_tasks=0)
                 d = eval_dir(t, v, suite) / "eval"
                 if (d / "trajectories.jsonl").is_file():
                     scores[label, suite] = per_task(d)
@@ -353,6 +355,8 @@ def _tries_section(tried, suites, scores, pair, headline) -> list[str]:
         changed = " ".join(f"`{c}`" for c in t.changes) or "(none)"
         headline[t.label] = {}
         for suite in suites:
+            if (t.label, suite) not in scores:
+                continue
             cells = {k: pair("sft", t.label, suite, k) for k in ("J", "MQ", "reward")}
             headline[t.label][suite] = {
                 k: dataclasses.asdict(p) if p else None for k, p in cells.items()
@@ -363,6 +367,8 @@ def _tries_section(tried, suites, scores, pair, headline) -> list[str]:
                 + " |"
             )
     for suite in suites:
+        if not any((t.label, suite) in scores for t in tried):
+            continue
         lines += ["", f"Tool calls per episode, {SUITES[suite]}:", ""]
         lines += _tool_table(suite, [t.label for t in tried], scores)
     lines += ["", "Commands (commit):", "", "```"]
